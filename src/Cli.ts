@@ -1,0 +1,116 @@
+/**
+ * The command tree of the real CLI: `infisical relay start`, `infisical relay systemd
+ * install|uninstall [name]`. Parses flags, resolves RelayConfig, then runs the relay's layers.
+ */
+import { Args, Command, Options } from "@effect/cli"
+import { Config, Effect, Layer } from "effect"
+import { relayLayer } from "./App.ts"
+import { resolveStartConfig, StartupError } from "./cli/resolveStartConfig.ts"
+import { type StartFlags, startOptions } from "./cli/StartOptions.ts"
+import {
+  type LogDestination,
+  type LogFormat,
+  type LoggingOptions,
+  logDestinations,
+  LoggingLive,
+  logFormats,
+  type LogLevelName,
+  logLevelNames
+} from "./observability/Logging.ts"
+import type { RelayConfigShape } from "./RelayConfig.ts"
+
+export const VERSION = "0.1.0"
+
+/** Root flags, as upstream's persistent flags (env fallbacks LOG_LEVEL, LOG_FORMAT, LOG_DESTINATION). */
+const rootOptions = {
+  logLevel: Options.choice("log-level", [...logLevelNames, "warning"]).pipe(
+    Options.withAlias("l"),
+    Options.withFallbackConfig(Config.literal(...logLevelNames, "warning")("LOG_LEVEL")),
+    Options.withDefault("info" as const),
+    Options.withDescription("Log level: trace, debug, info, warn, error, fatal (env LOG_LEVEL, default info).")
+  ),
+  logFormat: Options.choice("log-format", logFormats).pipe(
+    Options.withFallbackConfig(Config.literal(...logFormats)("LOG_FORMAT")),
+    Options.withDefault("console" as const),
+    Options.withDescription("Log format: console, plain or json (env LOG_FORMAT, default console).")
+  ),
+  logDestination: Options.choice("log-destination", logDestinations).pipe(
+    Options.withFallbackConfig(Config.literal(...logDestinations)("LOG_DESTINATION")),
+    Options.withDefault("stderr" as const),
+    Options.withDescription("Where logs go: stderr or stdout (env LOG_DESTINATION, default stderr).")
+  ),
+  telemetry: Options.boolean("telemetry").pipe(
+    Options.withDescription("Accepted for compatibility with the Infisical CLI; this relay sends no telemetry.")
+  ),
+  silent: Options.boolean("silent").pipe(
+    Options.withDescription("Accepted for compatibility with the Infisical CLI.")
+  )
+}
+
+const infisical = Command.make("infisical", rootOptions)
+
+const loggingOf = (root: {
+  readonly logLevel: LogLevelName | "warning"
+  readonly logFormat: LogFormat
+  readonly logDestination: LogDestination
+}): LoggingOptions => ({
+  level: root.logLevel === "warning" ? "warn" : root.logLevel,
+  format: root.logFormat,
+  destination: root.logDestination
+})
+
+/** Run the relay until interrupted: build every layer, then announce, then wait. */
+export const runRelay = <E, R>(layer: Layer.Layer<never, E, R>) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      yield* Layer.build(layer)
+      yield* Effect.logInfo("Relay server started successfully")
+      return yield* Effect.never
+    })
+  )
+
+/** The `relay start` handler body, with the layer graph as a parameter so tests can swap it. */
+export const startRelay = <E, R>(
+  flags: StartFlags,
+  makeLayer: (config: RelayConfigShape) => Layer.Layer<never, E, R>
+) =>
+  Effect.gen(function* () {
+    const config = yield* resolveStartConfig(flags)
+    return yield* runRelay(makeLayer(config))
+  })
+
+const start = Command.make("start", startOptions, (flags) =>
+  Effect.gen(function* () {
+    const root = yield* infisical
+    return yield* startRelay(flags, relayLayer).pipe(Effect.provide(LoggingLive(loggingOf(root))))
+  })
+).pipe(Command.withDescription("Start an Infisical relay"))
+
+const notYet = (what: string) =>
+  Effect.fail(new StartupError({ error: `${what} is not available in this build yet`, messages: [] }))
+
+const systemdName = Args.text({ name: "name" }).pipe(Args.optional)
+const install = Command.make("install", { name: systemdName }, () => notYet("relay systemd install")).pipe(
+  Command.withDescription("Install and enable the relay as a systemd service")
+)
+const uninstall = Command.make("uninstall", { name: systemdName }, () => notYet("relay systemd uninstall")).pipe(
+  Command.withDescription("Stop, disable and remove the relay's systemd service")
+)
+const systemd = Command.make("systemd").pipe(
+  Command.withDescription("Manage the relay's systemd service"),
+  Command.withSubcommands([install, uninstall])
+)
+
+const relay = Command.make("relay").pipe(
+  Command.withDescription("Relay-related commands"),
+  Command.withSubcommands([start, systemd])
+)
+
+export const command = infisical.pipe(Command.withSubcommands([relay]))
+
+export const cli = Command.run(command, { name: "infisical", version: VERSION })
+
+/** Upstream's error printout: `error: <error>` then each message, on stderr. */
+export const formatStartupError = (e: StartupError): string =>
+  [`error: ${e.error}`, ...e.messages].join("\n") + "\n"
+

@@ -1,0 +1,97 @@
+/**
+ * Credentials: the relay's current certificate bundle. Registration fills it at startup; renewal
+ * swaps it atomically. Listeners read it per new connection, so live connections keep the bundle
+ * they started with while new ones get the new one.
+ */
+import { X509Certificate } from "node:crypto"
+import * as tls from "node:tls"
+import { Context, Effect, Layer, Redacted, Schema, Stream, SubscriptionRef } from "effect"
+import type { RelayCredentialsResponse } from "./controlplane/Api.ts"
+import { ControlPlane } from "./controlplane/ControlPlane.ts"
+import { RelayConfig } from "./RelayConfig.ts"
+
+export class CredentialsError extends Schema.TaggedError<CredentialsError>()("CredentialsError", {
+  detail: Schema.String
+}) {
+  override get message(): string {
+    return `invalid relay credentials: ${this.detail}`
+  }
+}
+
+export interface CredentialBundle {
+  /** TLS server context: leaf certificate only, client CAs = every cert of clientCertificateChain. */
+  readonly tls: tls.SecureContextOptions
+  readonly tlsNotAfter: Date
+  readonly ssh: {
+    readonly hostCertificate: string
+    readonly hostPrivateKey: Redacted.Redacted<string>
+    readonly clientCaPublicKey: string
+  }
+  readonly receivedAt: Date
+}
+
+/** Split concatenated PEM blocks (tolerating whitespace between them). */
+export const splitPem = (pem: string): Array<string> =>
+  pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []
+
+/** Validate a registration response and turn it into a bundle; a bad bundle is never swapped in. */
+export const toBundle = (response: RelayCredentialsResponse, now: Date) =>
+  Effect.try({
+    try: (): CredentialBundle => {
+      const clientCas = splitPem(response.pki.clientCertificateChain)
+      if (clientCas.length === 0) throw new Error("clientCertificateChain holds no certificate")
+      const options: tls.SecureContextOptions = {
+        cert: response.pki.serverCertificate,
+        key: Redacted.value(response.pki.serverPrivateKey),
+        ca: clientCas,
+        minVersion: "TLSv1.2"
+      }
+      // Fails here, not on the first connection, if the key does not match the certificate.
+      tls.createSecureContext(options)
+      const leaf = new X509Certificate(response.pki.serverCertificate)
+      return {
+        tls: options,
+        tlsNotAfter: new Date(leaf.validTo),
+        ssh: {
+          hostCertificate: response.ssh.serverCertificate,
+          hostPrivateKey: response.ssh.serverPrivateKey,
+          clientCaPublicKey: response.ssh.clientCAPublicKey
+        },
+        receivedAt: now
+      }
+    },
+    catch: (e) => new CredentialsError({ detail: e instanceof Error ? e.message : String(e) })
+  })
+
+export interface CredentialsShape {
+  readonly current: Effect.Effect<CredentialBundle>
+  /** Every bundle swapped in after the first. */
+  readonly changes: Stream.Stream<CredentialBundle>
+  /** Register again and swap the bundle in; on failure the old bundle stays. */
+  readonly renew: Effect.Effect<CredentialBundle, unknown>
+}
+
+export class Credentials extends Context.Tag("relay/Credentials")<Credentials, CredentialsShape>() {}
+
+export const CredentialsLive = Layer.effect(
+  Credentials,
+  Effect.gen(function* () {
+    const config = yield* RelayConfig
+    const controlPlane = yield* ControlPlane
+    const fetch = controlPlane.register.pipe(
+      Effect.flatMap((response) => toBundle(response, new Date()))
+    )
+    const first = yield* fetch
+    yield* Effect.logInfo(
+      config.mode._tag === "EnrolledToken" || config.mode._tag === "EnrolledAws"
+        ? "Successfully connected relay and received certificates via v2 API"
+        : "Successfully registered relay and received certificates from API"
+    )
+    const ref = yield* SubscriptionRef.make(first)
+    return {
+      current: SubscriptionRef.get(ref),
+      changes: Stream.drop(ref.changes, 1),
+      renew: fetch.pipe(Effect.tap((bundle) => SubscriptionRef.set(ref, bundle)))
+    }
+  })
+)

@@ -1,0 +1,35 @@
+/**
+ * Entry point: parse argv, run the command under NodeRuntime.runMain with the platform layers.
+ * Exit codes: 0 after a signal-driven shutdown, 1 on any startup or runtime failure.
+ */
+import { ValidationError } from "@effect/cli"
+import { NodeContext, NodeHttpClient, NodeRuntime } from "@effect/platform-node"
+import { Cause, Effect, Layer, Option } from "effect"
+import { cli, formatStartupError } from "./Cli.ts"
+
+const PlatformLive = Layer.mergeAll(NodeContext.layer, NodeHttpClient.layerUndici)
+
+/** Print a failure once, in upstream's shape; parse errors were already printed by @effect/cli. */
+const report = (cause: Cause.Cause<unknown>) =>
+  Effect.sync(() => {
+    if (Cause.isInterruptedOnly(cause)) return
+    const failure = Cause.failureOption(cause)
+    if (Option.isSome(failure)) {
+      const e = failure.value
+      if (ValidationError.isValidationError(e)) return
+      if (typeof e === "object" && e !== null && "_tag" in e && e._tag === "StartupError") {
+        process.stderr.write(formatStartupError(e as Parameters<typeof formatStartupError>[0]))
+        return
+      }
+      const message = e instanceof Error ? e.message : String(e)
+      process.stderr.write(`error: ${message}\nunable to start relay instance\n`)
+      return
+    }
+    process.stderr.write(`error: ${Cause.pretty(cause)}\n`)
+  })
+
+cli(process.argv).pipe(
+  Effect.tapErrorCause(report),
+  Effect.provide(PlatformLive),
+  NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
+)

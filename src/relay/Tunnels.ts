@@ -1,0 +1,40 @@
+/**
+ * Tunnels: gateway id -> its live SSH connection. One tunnel per gateway (protocol.md §4.1).
+ */
+import { Context, Effect, Layer } from "effect"
+
+/** What the data plane needs from a gateway's SSH connection. */
+export interface Tunnel {
+  readonly gatewayId: string
+  readonly gatewayName: string
+  /** Open a `direct-tcpip` channel with empty type-specific data. */
+  readonly openChannel: () => Promise<import("node:stream").Duplex>
+}
+
+export interface TunnelsShape {
+  readonly get: (gatewayId: string) => Effect.Effect<Tunnel | undefined>
+  /** Register a tunnel; false if the gateway already has one. */
+  readonly add: (tunnel: Tunnel) => Effect.Effect<boolean>
+  readonly remove: (tunnel: Tunnel) => Effect.Effect<void>
+  readonly size: Effect.Effect<number>
+}
+
+export class Tunnels extends Context.Tag("relay/Tunnels")<Tunnels, TunnelsShape>() {}
+
+export const TunnelsLive = Layer.sync(Tunnels, () => {
+  const byId = new Map<string, Tunnel>()
+  return {
+    get: (id) => Effect.sync(() => byId.get(id)),
+    add: (tunnel) =>
+      Effect.sync(() => {
+        if (byId.has(tunnel.gatewayId)) return false
+        byId.set(tunnel.gatewayId, tunnel)
+        return true
+      }),
+    remove: (tunnel) =>
+      Effect.sync(() => {
+        if (byId.get(tunnel.gatewayId) === tunnel) byId.delete(tunnel.gatewayId)
+      }),
+    size: Effect.sync(() => byId.size)
+  }
+})
