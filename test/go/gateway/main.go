@@ -1,0 +1,680 @@
+// Command gateway is a test peer that plays the role of Infisical's Go
+// gateway ("gateway-v2", `infisical gateway start`) on the SSH side of a
+// relay. It is configured the way the real gateway configures
+// golang.org/x/crypto/ssh (see spec/protocol.md §4.3 and §5), so our tests can
+// use it as an independent implementation of the gateway end of the tunnel.
+//
+// It dials the relay, authenticates with an OpenSSH user certificate, checks
+// the relay's host certificate, sends keepalives, accepts every
+// relay-opened `direct-tcpip` channel and runs a per-channel handler chosen
+// with -mode.
+//
+// Machine-readable stdout lines (one event per line):
+//
+//	ALGOS kex=<list> ciphers=<list> macs=<list> hostkeys=<list>
+//	READY user=<user> server=<server version>
+//	CHANNEL <n> type=direct-tcpip extra=<len of type-specific data>
+//	CHANNEL_DONE <n> in=<bytes read> out=<bytes written> [err=<reason>]
+//	KEEPALIVE reply=<true|false> rtt_ms=<ms>
+//	STATS <json>                  (on SIGUSR1)
+//	CLOSED <reason>
+//
+// Exit codes: 0 connection closed by the peer or by a signal, 1 usage or
+// configuration error, 2 dial or SSH handshake failure (error on stderr,
+// e.g. "ssh: handshake failed: ..."), 3 keepalive timeout.
+//
+// Build (GOPATH mode, Debian's x/crypto 0.4.0):
+//
+//	GO111MODULE=off GOPATH=/usr/share/gocode:<dir> go build -o gateway .
+package main
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Algorithms pinned by the real gateway's ssh.ClientConfig (protocol.md §4.1).
+var (
+	gatewayKex     = []string{"diffie-hellman-group14-sha256", "diffie-hellman-group16-sha512", "diffie-hellman-group18-sha512"}
+	gatewayCiphers = []string{"aes128-ctr", "aes192-ctr", "aes256-ctr"}
+	gatewayMACs    = []string{"hmac-sha2-256", "hmac-sha2-512"}
+	// The real gateway leaves HostKeyAlgorithms at x/crypto's default (which
+	// lists the certificate algorithms first, then raw keys); this peer
+	// restricts it to the RSA certificate algorithms by default. Pass
+	// -host-key-algos=default to get the real gateway's behaviour, where a
+	// raw host key reaches the host-key callback and is refused there.
+	gatewayHostKeyAlgos = []string{ssh.CertAlgoRSASHA512v01, ssh.CertAlgoRSASHA256v01, ssh.CertAlgoRSAv01}
+)
+
+// What Debian's golang.org/x/crypto 0.4.0 implements. x/crypto keeps these
+// tables private, so they are copied from its kex.go, cipher.go, mac.go and
+// common.go. Unknown names must be filtered out here: x/crypto would either
+// fail the handshake after negotiating them (KEX) or dereference a nil
+// table entry (MACs). Notably absent in 0.4.0: diffie-hellman-group16-sha512,
+// diffie-hellman-group18-sha512, hmac-sha2-512 and strict KEX.
+var (
+	supportedKex = set(
+		"curve25519-sha256", "curve25519-sha256@libssh.org",
+		"ecdh-sha2-nistp256", "ecdh-sha2-nistp384", "ecdh-sha2-nistp521",
+		"diffie-hellman-group14-sha256", "diffie-hellman-group14-sha1", "diffie-hellman-group1-sha1",
+		"diffie-hellman-group-exchange-sha1", "diffie-hellman-group-exchange-sha256",
+	)
+	supportedCiphers = set(
+		"aes128-ctr", "aes192-ctr", "aes256-ctr", "aes128-gcm@openssh.com",
+		"chacha20-poly1305@openssh.com", "arcfour256", "arcfour128", "arcfour",
+		"aes128-cbc", "3des-cbc",
+	)
+	supportedMACs = set(
+		"hmac-sha2-256-etm@openssh.com", "hmac-sha2-256", "hmac-sha1", "hmac-sha1-96",
+	)
+	supportedHostKeyAlgos = set(
+		ssh.CertAlgoRSASHA512v01, ssh.CertAlgoRSASHA256v01, ssh.CertAlgoRSAv01,
+		ssh.CertAlgoDSAv01, ssh.CertAlgoECDSA256v01, ssh.CertAlgoECDSA384v01,
+		ssh.CertAlgoECDSA521v01, ssh.CertAlgoED25519v01,
+		ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521,
+		ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA, ssh.KeyAlgoDSA,
+		ssh.KeyAlgoED25519,
+	)
+)
+
+// ALPN protocols the real gateway offers on its inner TLS server (§4.3).
+var gatewayALPN = []string{
+	"infisical-http-proxy", "infisical-tcp-proxy", "infisical-health", "infisical-ping",
+	"infisical-pam-proxy", "infisical-pam-rdp-browser", "infisical-pam-session-cancellation",
+	"infisical-pam-capabilities", "infisical-adcs", "infisical-discovery",
+	"infisical-connection-test", "infisical-winrm",
+}
+
+func set(names ...string) map[string]bool {
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[n] = true
+	}
+	return m
+}
+
+// ---------------------------------------------------------------------------
+// output
+
+var outMu sync.Mutex
+
+// emit writes one machine-readable line to stdout.
+func emit(format string, args ...interface{}) {
+	outMu.Lock()
+	defer outMu.Unlock()
+	fmt.Fprintf(os.Stdout, format+"\n", args...)
+}
+
+func fail(code int, format string, args ...interface{}) {
+	outMu.Lock()
+	fmt.Fprintf(os.Stderr, format+"\n", args...)
+	outMu.Unlock()
+	os.Exit(code)
+}
+
+// ---------------------------------------------------------------------------
+// counters (reported by -mode=stats and on SIGUSR1)
+
+type stats struct {
+	ChannelsOpened   int64 `json:"channelsOpened"`
+	ChannelsActive   int64 `json:"channelsActive"`
+	BytesIn          int64 `json:"bytesIn"`
+	BytesOut         int64 `json:"bytesOut"`
+	KeepalivesSent   int64 `json:"keepalivesSent"`
+	KeepaliveReplies int64 `json:"keepaliveReplies"`
+	KeepaliveTrue    int64 `json:"keepaliveTrue"`
+	KeepaliveFalse   int64 `json:"keepaliveFalse"`
+	TLSHandshakes    int64 `json:"tlsHandshakes"`
+	TLSFailures      int64 `json:"tlsFailures"`
+}
+
+var counters stats
+
+func snapshot() []byte {
+	s := stats{
+		ChannelsOpened:   atomic.LoadInt64(&counters.ChannelsOpened),
+		ChannelsActive:   atomic.LoadInt64(&counters.ChannelsActive),
+		BytesIn:          atomic.LoadInt64(&counters.BytesIn),
+		BytesOut:         atomic.LoadInt64(&counters.BytesOut),
+		KeepalivesSent:   atomic.LoadInt64(&counters.KeepalivesSent),
+		KeepaliveReplies: atomic.LoadInt64(&counters.KeepaliveReplies),
+		KeepaliveTrue:    atomic.LoadInt64(&counters.KeepaliveTrue),
+		KeepaliveFalse:   atomic.LoadInt64(&counters.KeepaliveFalse),
+		TLSHandshakes:    atomic.LoadInt64(&counters.TLSHandshakes),
+		TLSFailures:      atomic.LoadInt64(&counters.TLSFailures),
+	}
+	b, _ := json.Marshal(s)
+	return b
+}
+
+// ---------------------------------------------------------------------------
+// configuration
+
+type options struct {
+	addr, user, certPath, keyPath, hostPrincipal, caPath string
+	kex, ciphers, macs, hostKeyAlgos                     string
+	skipHostCertCheck                                    bool
+	keepaliveInterval, keepaliveTimeout, dialTimeout     time.Duration
+	rekeyThreshold                                       uint64
+	mode                                                 string
+	tlsCert, tlsKey, tlsClientCA                         string
+}
+
+func parseFlags() *options {
+	o := &options{}
+	flag.StringVar(&o.addr, "addr", "", "relay SSH address to dial (host:port)")
+	flag.StringVar(&o.user, "user", "", "SSH user name: the gateway id")
+	flag.StringVar(&o.certPath, "cert", "", "OpenSSH user certificate (authorized_keys line)")
+	flag.StringVar(&o.keyPath, "key", "", "OpenSSH private key for the certificate")
+	flag.StringVar(&o.hostPrincipal, "host-principal", "", "principal the host certificate must carry (default: -addr)")
+	flag.StringVar(&o.caPath, "ca", "", "optional SSH server CA public key line; when set the host cert must be signed by it")
+	flag.BoolVar(&o.skipHostCertCheck, "skip-host-cert-check", false, "like a development build: require a host certificate but do not check it")
+	flag.StringVar(&o.kex, "kex", strings.Join(gatewayKex, ","), "key exchange algorithms (filtered to what x/crypto supports)")
+	flag.StringVar(&o.ciphers, "ciphers", strings.Join(gatewayCiphers, ","), "ciphers (filtered)")
+	flag.StringVar(&o.macs, "macs", strings.Join(gatewayMACs, ","), "MACs (filtered)")
+	flag.StringVar(&o.hostKeyAlgos, "host-key-algos", strings.Join(gatewayHostKeyAlgos, ","), `host key algorithms (filtered); "default" = x/crypto default like the real gateway`)
+	flag.DurationVar(&o.keepaliveInterval, "keepalive-interval", 30*time.Second, "keepalive@openssh.com interval (0 disables)")
+	flag.DurationVar(&o.keepaliveTimeout, "keepalive-timeout", 15*time.Second, "close when a keepalive gets no reply within this time")
+	flag.DurationVar(&o.dialTimeout, "dial-timeout", 30*time.Second, "TCP connect timeout")
+	flag.Uint64Var(&o.rekeyThreshold, "rekey-threshold", 0, "ssh.Config.RekeyThreshold in bytes (0 = x/crypto default; minimum 256)")
+	flag.StringVar(&o.mode, "mode", "echo", "channel handler: echo | tls-ping | sink | source:N | stats")
+	flag.StringVar(&o.tlsCert, "tls-cert", "", "tls-ping: inner TLS server certificate (PEM)")
+	flag.StringVar(&o.tlsKey, "tls-key", "", "tls-ping: inner TLS server key (PEM)")
+	flag.StringVar(&o.tlsClientCA, "tls-client-ca", "", "tls-ping: client CA bundle (PEM)")
+	flag.Parse()
+
+	if o.addr == "" || o.user == "" || o.certPath == "" || o.keyPath == "" {
+		fail(1, "usage: gateway -addr host:port -user <gatewayId> -cert <cert> -key <key> [options]")
+	}
+	if o.hostPrincipal == "" {
+		// The real gateway passes its dial address ("<relayHost>:2222") to
+		// the host-key callback, which checks it as the principal.
+		o.hostPrincipal = o.addr
+	}
+	return o
+}
+
+// filterAlgos keeps the names x/crypto 0.4.0 implements, warning about the
+// others on stderr, and refuses an empty result.
+func filterAlgos(kind, list string, supported map[string]bool) []string {
+	var kept, dropped []string
+	for _, name := range strings.Split(list, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		if supported[name] {
+			kept = append(kept, name)
+		} else {
+			dropped = append(dropped, name)
+		}
+	}
+	if len(dropped) > 0 {
+		fmt.Fprintf(os.Stderr, "note: x/crypto does not implement %s %s; dropped\n", kind, strings.Join(dropped, ","))
+	}
+	if len(kept) == 0 {
+		fail(1, "no supported %s left in %q", kind, list)
+	}
+	return kept
+}
+
+// ---------------------------------------------------------------------------
+// SSH client, configured like the real gateway's createSSHConfig
+
+func clientConfig(o *options) *ssh.ClientConfig {
+	keyPEM, err := os.ReadFile(o.keyPath)
+	if err != nil {
+		fail(1, "read key: %v", err)
+	}
+	signer, err := ssh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		fail(1, "failed to parse SSH private key: %v", err)
+	}
+	certLine, err := os.ReadFile(o.certPath)
+	if err != nil {
+		fail(1, "read cert: %v", err)
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey(certLine)
+	if err != nil {
+		fail(1, "failed to parse certificate: %v", err)
+	}
+	cert, ok := pub.(*ssh.Certificate)
+	if !ok {
+		fail(1, "parsed key is not an SSH certificate, got type: %T", pub)
+	}
+	certSigner, err := ssh.NewCertSigner(cert, signer)
+	if err != nil {
+		fail(1, "failed to create certificate signer: %v", err)
+	}
+
+	var caKey ssh.PublicKey
+	if o.caPath != "" {
+		line, err := os.ReadFile(o.caPath)
+		if err != nil {
+			fail(1, "read CA: %v", err)
+		}
+		if caKey, _, _, _, err = ssh.ParseAuthorizedKey(line); err != nil {
+			fail(1, "failed to parse CA public key: %v", err)
+		}
+	}
+
+	cfg := &ssh.ClientConfig{
+		User:            o.user,
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(certSigner)},
+		HostKeyCallback: hostKeyCallback(caKey, o.skipHostCertCheck),
+		Timeout:         o.dialTimeout,
+		Config: ssh.Config{
+			KeyExchanges:   filterAlgos("key exchange", o.kex, supportedKex),
+			Ciphers:        filterAlgos("cipher", o.ciphers, supportedCiphers),
+			MACs:           filterAlgos("MAC", o.macs, supportedMACs),
+			RekeyThreshold: o.rekeyThreshold,
+		},
+	}
+	hostKeys := "default"
+	if o.hostKeyAlgos != "default" {
+		cfg.HostKeyAlgorithms = filterAlgos("host key algorithm", o.hostKeyAlgos, supportedHostKeyAlgos)
+		hostKeys = strings.Join(cfg.HostKeyAlgorithms, ",")
+	}
+	emit("ALGOS kex=%s ciphers=%s macs=%s hostkeys=%s",
+		strings.Join(cfg.KeyExchanges, ","), strings.Join(cfg.Ciphers, ","), strings.Join(cfg.MACs, ","), hostKeys)
+	return cfg
+}
+
+// hostKeyCallback mirrors the real gateway: the host key must be a
+// certificate, then CertChecker.CheckCert(<dial address>, cert) checks the
+// principal, the validity window, critical options and the certificate's
+// self-signature. x/crypto's CheckCert never consults IsHostAuthority, so the
+// real gateway does not check which CA signed the host cert; -ca adds that
+// check (stricter than the real gateway).
+func hostKeyCallback(caKey ssh.PublicKey, skipCheck bool) ssh.HostKeyCallback {
+	return func(hostname string, remote net.Addr, key ssh.PublicKey) error {
+		cert, ok := key.(*ssh.Certificate)
+		if !ok {
+			return fmt.Errorf("host certificates required, raw host keys not allowed")
+		}
+		if skipCheck {
+			return nil // development builds (CLI_VERSION == "devel") stop here
+		}
+		checker := &ssh.CertChecker{}
+		if err := checker.CheckCert(hostname, cert); err != nil {
+			return fmt.Errorf("host certificate check failed: %v", err)
+		}
+		if caKey != nil && !bytes.Equal(cert.SignatureKey.Marshal(), caKey.Marshal()) {
+			return fmt.Errorf("host certificate check failed: not signed by the expected CA")
+		}
+		return nil
+	}
+}
+
+// ---------------------------------------------------------------------------
+// main
+
+const (
+	exitClosed           = 0
+	exitUsage            = 1
+	exitHandshake        = 2
+	exitKeepaliveTimeout = 3
+)
+
+func main() {
+	o := parseFlags()
+	handler := channelHandler(o)
+	cfg := clientConfig(o)
+
+	conn, err := net.DialTimeout("tcp", o.addr, o.dialTimeout)
+	if err != nil {
+		fail(exitHandshake, "dial %s: %v", o.addr, err)
+	}
+	// ssh.Dial(addr) would pass addr to the host-key callback; passing the
+	// principal instead lets tests dial a random port while the certificate
+	// keeps the production form "<host>:2222".
+	sshConn, chans, reqs, err := ssh.NewClientConn(conn, o.hostPrincipal, cfg)
+	if err != nil {
+		conn.Close()
+		fail(exitHandshake, "%v", err)
+	}
+	client := ssh.NewClient(sshConn, chans, reqs)
+
+	// Like the real gateway: only direct-tcpip opens are handled; x/crypto
+	// rejects every other channel type the relay might open with
+	// UnknownChannelType.
+	channels := client.HandleChannelOpen("direct-tcpip")
+	emit("READY user=%s server=%s", o.user, string(client.ServerVersion()))
+
+	var closeOnce sync.Once
+	closeWith := func(reason string, code int) {
+		closeOnce.Do(func() {
+			client.Close()
+			emit("CLOSED %s", reason)
+			os.Exit(code)
+		})
+	}
+
+	go keepalive(client, o.keepaliveInterval, o.keepaliveTimeout, closeWith)
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1)
+	go func() {
+		for s := range sigs {
+			if s == syscall.SIGUSR1 {
+				emit("STATS %s", snapshot())
+				continue
+			}
+			closeWith("signal", exitClosed)
+		}
+	}()
+
+	var n int64
+	go func() {
+		for nc := range channels {
+			id := atomic.AddInt64(&n, 1)
+			go serveChannel(id, nc, handler)
+		}
+	}()
+
+	err = client.Wait()
+	reason := "eof"
+	if err != nil && !errors.Is(err, io.EOF) {
+		reason = "error: " + err.Error()
+	}
+	closeWith(reason, exitClosed)
+}
+
+// keepalive mirrors the real gateway: every interval send
+// keepalive@openssh.com with want-reply; any reply (success or failure)
+// proves the relay alive, no reply within timeout closes the connection.
+func keepalive(client *ssh.Client, interval, timeout time.Duration, closeWith func(string, int)) {
+	if interval <= 0 {
+		return
+	}
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for range ticker.C {
+		type reply struct {
+			ok  bool
+			err error
+		}
+		done := make(chan reply, 1)
+		start := time.Now()
+		atomic.AddInt64(&counters.KeepalivesSent, 1)
+		go func() {
+			ok, _, err := client.SendRequest("keepalive@openssh.com", true, nil)
+			done <- reply{ok, err}
+		}()
+		timer := time.NewTimer(timeout)
+		select {
+		case r := <-done:
+			timer.Stop()
+			if r.err != nil {
+				return // connection gone; main reports CLOSED
+			}
+			atomic.AddInt64(&counters.KeepaliveReplies, 1)
+			if r.ok {
+				atomic.AddInt64(&counters.KeepaliveTrue, 1)
+			} else {
+				atomic.AddInt64(&counters.KeepaliveFalse, 1)
+			}
+			emit("KEEPALIVE reply=%t rtt_ms=%.3f", r.ok, float64(time.Since(start).Microseconds())/1000)
+		case <-timer.C:
+			fmt.Fprintf(os.Stderr, "keepalive: no reply within %v, closing connection\n", timeout)
+			closeWith("keepalive-timeout", exitKeepaliveTimeout)
+			return
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// channels
+
+// countingChannel counts payload bytes in both directions.
+type countingChannel struct {
+	ssh.Channel
+	in, out int64
+}
+
+func (c *countingChannel) Read(p []byte) (int, error) {
+	n, err := c.Channel.Read(p)
+	c.in += int64(n)
+	atomic.AddInt64(&counters.BytesIn, int64(n))
+	return n, err
+}
+
+func (c *countingChannel) Write(p []byte) (int, error) {
+	n, err := c.Channel.Write(p)
+	atomic.AddInt64(&c.out, int64(n))
+	atomic.AddInt64(&counters.BytesOut, int64(n))
+	return n, err
+}
+
+type handlerFunc func(ch *countingChannel) error
+
+func serveChannel(id int64, nc ssh.NewChannel, handle handlerFunc) {
+	// The real gateway accepts every direct-tcpip channel without looking at
+	// the type-specific data (the relay sends none).
+	extra := len(nc.ExtraData())
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "accept channel %d: %v\n", id, err)
+		return
+	}
+	go ssh.DiscardRequests(reqs)
+	atomic.AddInt64(&counters.ChannelsOpened, 1)
+	atomic.AddInt64(&counters.ChannelsActive, 1)
+	emit("CHANNEL %d type=%s extra=%d", id, nc.ChannelType(), extra)
+
+	cc := &countingChannel{Channel: ch}
+	err = handle(cc)
+	ch.Close()
+	atomic.AddInt64(&counters.ChannelsActive, -1)
+	if err != nil {
+		emit("CHANNEL_DONE %d in=%d out=%d err=%s", id, cc.in, atomic.LoadInt64(&cc.out), strconv.Quote(err.Error()))
+	} else {
+		emit("CHANNEL_DONE %d in=%d out=%d", id, cc.in, atomic.LoadInt64(&cc.out))
+	}
+}
+
+func channelHandler(o *options) handlerFunc {
+	switch {
+	case o.mode == "echo":
+		return echo
+	case o.mode == "sink":
+		return sink
+	case o.mode == "stats":
+		return func(ch *countingChannel) error {
+			_, err := ch.Write(append(snapshot(), '\n'))
+			return err
+		}
+	case strings.HasPrefix(o.mode, "source:"):
+		n, err := strconv.ParseInt(strings.TrimPrefix(o.mode, "source:"), 10, 64)
+		if err != nil || n < 0 {
+			fail(exitUsage, "bad -mode %q: want source:<bytes>", o.mode)
+		}
+		return func(ch *countingChannel) error { return source(ch, n) }
+	case o.mode == "tls-ping":
+		cfg := innerTLSConfig(o)
+		return func(ch *countingChannel) error { return tlsPing(ch, cfg) }
+	}
+	fail(exitUsage, "unknown -mode %q", o.mode)
+	return nil
+}
+
+// echo copies the channel input back; on EOF it half-closes.
+func echo(ch *countingChannel) error {
+	_, err := io.Copy(ch, ch)
+	if cerr := ch.CloseWrite(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// sink reads everything and, on EOF, answers "<bytes> <hex sha256>\n".
+func sink(ch *countingChannel) error {
+	h := sha256.New()
+	n, err := io.Copy(h, ch)
+	if err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(ch, "%d %s\n", n, hex.EncodeToString(h.Sum(nil))); err != nil {
+		return err
+	}
+	return ch.CloseWrite()
+}
+
+// SourceStream returns the deterministic stream written by -mode=source:N:
+// the AES-128-CTR keystream for an all-zero key and an all-zero IV (in Node:
+// createCipheriv("aes-128-ctr", Buffer.alloc(16), Buffer.alloc(16)) applied
+// to zeros).
+func sourceStream() cipher.Stream {
+	block, err := aes.NewCipher(make([]byte, 16))
+	if err != nil {
+		panic(err)
+	}
+	return cipher.NewCTR(block, make([]byte, aes.BlockSize))
+}
+
+// source writes n bytes of the deterministic stream, half-closes, and
+// discards whatever the peer sends until it half-closes too.
+func source(ch *countingChannel, n int64) error {
+	drained := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, ch)
+		drained <- err
+	}()
+	stream := sourceStream()
+	buf := make([]byte, 32*1024)
+	zero := make([]byte, len(buf))
+	for n > 0 {
+		chunk := buf
+		if int64(len(chunk)) > n {
+			chunk = chunk[:n]
+		}
+		stream.XORKeyStream(chunk, zero[:len(chunk)])
+		if _, err := ch.Write(chunk); err != nil {
+			return err
+		}
+		n -= int64(len(chunk))
+	}
+	if err := ch.CloseWrite(); err != nil {
+		return err
+	}
+	return <-drained
+}
+
+// ---------------------------------------------------------------------------
+// inner TLS server (-mode=tls-ping), like the real gateway's setupTLSConfig
+// and handleIncomingChannel
+
+func innerTLSConfig(o *options) *tls.Config {
+	if o.tlsCert == "" || o.tlsKey == "" || o.tlsClientCA == "" {
+		fail(exitUsage, "-mode=tls-ping needs -tls-cert, -tls-key and -tls-client-ca")
+	}
+	certPEM, err := os.ReadFile(o.tlsCert)
+	if err != nil {
+		fail(exitUsage, "read -tls-cert: %v", err)
+	}
+	keyPEM, err := os.ReadFile(o.tlsKey)
+	if err != nil {
+		fail(exitUsage, "read -tls-key: %v", err)
+	}
+	// The real gateway presents only the leaf (first PEM block).
+	certBlock, err := firstCertificate(certPEM)
+	if err != nil {
+		fail(exitUsage, "-tls-cert: %v", err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		fail(exitUsage, "inner TLS key pair: %v", err)
+	}
+	caPEM, err := os.ReadFile(o.tlsClientCA)
+	if err != nil {
+		fail(exitUsage, "read -tls-client-ca: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		fail(exitUsage, "-tls-client-ca: no certificates")
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{certBlock}, PrivateKey: pair.PrivateKey}},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS12,
+		NextProtos:   gatewayALPN,
+	}
+}
+
+// firstCertificate returns the DER bytes of the first CERTIFICATE block.
+func firstCertificate(pemBytes []byte) ([]byte, error) {
+	for {
+		block, rest := pem.Decode(pemBytes)
+		if block == nil {
+			return nil, fmt.Errorf("no CERTIFICATE block")
+		}
+		if block.Type == "CERTIFICATE" {
+			return block.Bytes, nil
+		}
+		pemBytes = rest
+	}
+}
+
+// channelConn adapts an SSH channel to net.Conn for crypto/tls (the real
+// gateway's virtualConnection does the same).
+type channelConn struct {
+	ssh.Channel
+}
+
+type channelAddr struct{}
+
+func (channelAddr) Network() string { return "ssh-channel" }
+func (channelAddr) String() string  { return "ssh-channel" }
+
+func (c channelConn) LocalAddr() net.Addr                { return channelAddr{} }
+func (c channelConn) RemoteAddr() net.Addr               { return channelAddr{} }
+func (c channelConn) SetDeadline(t time.Time) error      { return nil }
+func (c channelConn) SetReadDeadline(t time.Time) error  { return nil }
+func (c channelConn) SetWriteDeadline(t time.Time) error { return nil }
+
+// tlsPing runs the inner TLS server. After the handshake it dispatches on
+// the negotiated ALPN like the real gateway: infisical-ping writes "PONG\n",
+// infisical-health writes the health JSON line. The real gateway then
+// returns and its deferred channel.Close() ends the channel without a TLS
+// close_notify; this peer does the same.
+func tlsPing(ch *countingChannel, cfg *tls.Config) error {
+	conn := tls.Server(channelConn{ch}, cfg)
+	if err := conn.Handshake(); err != nil {
+		atomic.AddInt64(&counters.TLSFailures, 1)
+		return fmt.Errorf("TLS handshake failed: %v", err)
+	}
+	atomic.AddInt64(&counters.TLSHandshakes, 1)
+	switch proto := conn.ConnectionState().NegotiatedProtocol; proto {
+	case "infisical-ping":
+		_, err := conn.Write([]byte("PONG\n"))
+		return err
+	case "infisical-health":
+		_, err := conn.Write([]byte(`{"status":"ok","heartbeatTTL":180}` + "\n"))
+		return err
+	default:
+		return fmt.Errorf("unsupported ALPN %q", proto)
+	}
+}
