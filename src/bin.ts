@@ -22,7 +22,9 @@ const report = (cause: Cause.Cause<unknown>) =>
         return
       }
       const message = e instanceof Error ? e.message : String(e)
-      process.stderr.write(`error: ${message}\nunable to start relay instance\n`)
+      // A port that cannot be bound is one line, as upstream's log.Fatal.
+      const isListenError = typeof e === "object" && e !== null && "_tag" in e && e._tag === "ListenError"
+      process.stderr.write(isListenError ? `${message}\n` : `error: ${message}\nunable to start relay instance\n`)
       return
     }
     process.stderr.write(`error: ${Cause.pretty(cause)}\n`)

@@ -67,6 +67,18 @@ export const startOptions = {
   statusAddr: text(
     "status-addr",
     "host:port of the status server with /healthz, /readyz and /metrics (env INFISICAL_RELAY_STATUS_ADDR; off unless set)."
+  ),
+  heartbeatInterval: text(
+    "heartbeat-interval",
+    "Time between heartbeats once one succeeded, e.g. 30m (env INFISICAL_RELAY_HEARTBEAT_INTERVAL, default 30m)."
+  ),
+  heartbeatRetryInterval: text(
+    "heartbeat-retry-interval",
+    "Delay of the first heartbeat and between attempts until one succeeds (env INFISICAL_RELAY_HEARTBEAT_RETRY_INTERVAL, default 10s)."
+  ),
+  renewInterval: text(
+    "renew-interval",
+    "Time between certificate renewals, e.g. 6h (env INFISICAL_RELAY_RENEW_INTERVAL, default 6h)."
   )
 } as const
 
@@ -90,4 +102,7 @@ export interface StartFlags {
   readonly tlsPort: Option.Option<string>
   readonly listenHost: Option.Option<string>
   readonly statusAddr: Option.Option<string>
+  readonly heartbeatInterval: Option.Option<string>
+  readonly heartbeatRetryInterval: Option.Option<string>
+  readonly renewInterval: Option.Option<string>
 }

@@ -4,7 +4,7 @@
  * Config (tests swap the ConfigProvider) and files through FileSystem.
  */
 import { FileSystem, Path } from "@effect/platform"
-import { Config, Data, Effect, Option, Redacted } from "effect"
+import { Config, Data, Duration, Effect, Option, Redacted } from "effect"
 import {
   authMethodNames,
   defaultTimers,
@@ -111,6 +111,23 @@ const parsePort = (label: string, raw: string) => {
     ? Effect.succeed(port)
     : fail(`invalid ${label} "${raw}": expected a port number between 0 and 65535`)
 }
+
+/** Go-style durations: `500ms`, `10s`, `30m`, `6h`. */
+export const parseDuration = (raw: string): Duration.Duration | undefined => {
+  const m = /^(\d+)(ms|s|m|h)$/.exec(raw.trim())
+  if (!m) return undefined
+  const n = Number(m[1])
+  const unit = m[2] === "ms" ? "millis" : m[2] === "s" ? "seconds" : m[2] === "m" ? "minutes" : "hours"
+  return n > 0 ? Duration.decode(`${n} ${unit}`) : undefined
+}
+
+const durationSetting = (label: string, flag: Option.Option<string>, envName: string, fallback: Duration.Duration) =>
+  Effect.gen(function* () {
+    const raw = yield* flagOrEnv(flag, envName)
+    if (Option.isNone(raw)) return fallback
+    const parsed = parseDuration(raw.value)
+    return parsed ?? (yield* fail(`invalid ${label} "${raw.value}": expected a duration such as 10s, 30m or 6h`))
+  })
 
 /** `host:port`, `[v6]:port` or `:port` (loopback by default: status pages are not for the internet). */
 export const parseListenAddress = (raw: string): ListenAddress | undefined => {
@@ -304,6 +321,25 @@ export const resolveStartConfig = (flags: StartFlags) =>
     }
     const customHeaders = parseCustomHeaders(Option.getOrElse(yield* env("INFISICAL_CUSTOM_HEADERS"), () => ""))
 
+    const retryEvery = yield* durationSetting(
+      "--heartbeat-retry-interval",
+      flags.heartbeatRetryInterval,
+      "INFISICAL_RELAY_HEARTBEAT_RETRY_INTERVAL",
+      defaultTimers.heartbeat.retryEvery
+    )
+    const heartbeatEvery = yield* durationSetting(
+      "--heartbeat-interval",
+      flags.heartbeatInterval,
+      "INFISICAL_RELAY_HEARTBEAT_INTERVAL",
+      defaultTimers.heartbeat.every
+    )
+    const renewEvery = yield* durationSetting(
+      "--renew-interval",
+      flags.renewInterval,
+      "INFISICAL_RELAY_RENEW_INTERVAL",
+      defaultTimers.renewEvery
+    )
+
     const config: RelayConfigShape = {
       name: relayName,
       mode,
@@ -314,7 +350,8 @@ export const resolveStartConfig = (flags: StartFlags) =>
       sshPort,
       tlsPort,
       statusAddress,
-      ...defaultTimers
+      heartbeat: { firstAfter: retryEvery, retryEvery, every: heartbeatEvery },
+      renewEvery
     }
     return config
   })

@@ -37,7 +37,8 @@ const noFlags: StartFlags = {
   relayId: Option.none(), domain: Option.none(), authMethod: Option.none(), clientId: Option.none(),
   clientSecret: Option.none(), machineIdentityId: Option.none(), serviceAccountTokenPath: Option.none(),
   serviceAccountKeyFilePath: Option.none(), jwt: Option.none(), sshPort: Option.none(), tlsPort: Option.none(),
-  listenHost: Option.none(), statusAddr: Option.none()
+  listenHost: Option.none(), statusAddr: Option.none(), heartbeatInterval: Option.none(),
+  heartbeatRetryInterval: Option.none(), renewInterval: Option.none()
 }
 const flags = (f: Partial<Record<keyof StartFlags, string>>): StartFlags => {
   const out: Record<string, unknown> = { ...noFlags }
