@@ -9,6 +9,8 @@ import { Context, Effect, Layer, Redacted, Schema, Stream, SubscriptionRef } fro
 import type { RelayCredentialsResponse } from "./controlplane/Api.ts"
 import { ControlPlane } from "./controlplane/ControlPlane.ts"
 import { RelayConfig } from "./RelayConfig.ts"
+import { parseCertificate, type SshCertificate } from "./ssh/certs.ts"
+import { parseAuthorizedKeyLine, parseOpenSshPrivateKey, type SshPrivateKey } from "./ssh/keys.ts"
 
 export class CredentialsError extends Schema.TaggedError<CredentialsError>()("CredentialsError", {
   detail: Schema.String
@@ -23,9 +25,11 @@ export interface CredentialBundle {
   readonly tls: tls.SecureContextOptions
   readonly tlsNotAfter: Date
   readonly ssh: {
-    readonly hostCertificate: string
-    readonly hostPrivateKey: Redacted.Redacted<string>
-    readonly clientCaPublicKey: string
+    /** The OpenSSH host certificate blob and its key: the only host key the relay presents. */
+    readonly hostKey: { readonly certificate: Buffer; readonly privateKey: SshPrivateKey }
+    readonly hostCertificate: SshCertificate
+    /** The SSH client CA public key blob every gateway certificate must be signed by. */
+    readonly clientCaPublicKey: Buffer
   }
   readonly receivedAt: Date
 }
@@ -49,13 +53,19 @@ export const toBundle = (response: RelayCredentialsResponse, now: Date) =>
       // Fails here, not on the first connection, if the key does not match the certificate.
       tls.createSecureContext(options)
       const leaf = new X509Certificate(response.pki.serverCertificate)
+      const hostCertificateBlob = parseAuthorizedKeyLine(response.ssh.serverCertificate).blob
+      const hostCertificate = parseCertificate(hostCertificateBlob)
+      const privateKey = parseOpenSshPrivateKey(Redacted.value(response.ssh.serverPrivateKey))
+      if (!privateKey.publicBlob.equals(hostCertificate.publicKey.blob)) {
+        throw new Error("the SSH host private key does not match the host certificate")
+      }
       return {
         tls: options,
         tlsNotAfter: new Date(leaf.validTo),
         ssh: {
-          hostCertificate: response.ssh.serverCertificate,
-          hostPrivateKey: response.ssh.serverPrivateKey,
-          clientCaPublicKey: response.ssh.clientCAPublicKey
+          hostKey: { certificate: hostCertificateBlob, privateKey },
+          hostCertificate,
+          clientCaPublicKey: parseAuthorizedKeyLine(response.ssh.clientCAPublicKey).blob
         },
         receivedAt: now
       }

@@ -1,19 +1,126 @@
 /**
- * The gateway-facing SSH listener (protocol.md §4.1). Binds the port; each connection is handed to
- * the SSH layer (src/ssh) and, once authenticated, registered in Tunnels.
+ * The gateway-facing SSH listener (protocol.md §4.1). Each connection runs our SSH server with the
+ * current host certificate, authenticates the gateway's user certificate (certPolicy), and is
+ * registered in Tunnels under its gateway id until it closes.
+ *
+ * One tunnel per gateway, as upstream, but a stale tunnel no longer locks its gateway out: when a
+ * gateway that already has a tunnel connects again, the old tunnel must answer a keepalive within
+ * `staleCheckMs`; if it does, the new connection is closed (upstream's behaviour), if not, the old
+ * one is closed and the new one takes its place.
  */
 import * as net from "node:net"
-import { Effect, Layer } from "effect"
+import { Effect, FiberSet, Layer, Metric } from "effect"
+import { Credentials } from "../Credentials.ts"
+import { sshAuthFailures, sshHandshakeFailures, tagged, tunnelConnections, tunnelsConnected } from "../observability/Metrics.ts"
 import { RelayConfig } from "../RelayConfig.ts"
+import { checkGatewayCertificate, type CertificateVerdict } from "../ssh/certPolicy.ts"
+import { acceptSshConnection, type SshServerConnection } from "../ssh/server.ts"
 import { bindListener, displayAddress } from "./Listener.ts"
+import { type Tunnel, Tunnels } from "./Tunnels.ts"
+
+/** Keepalives every 15 s, 30 s to answer: a half-open tunnel is found within ~45 s. */
+export const TUNNEL_KEEPALIVE = { intervalMs: 15_000, timeoutMs: 30_000 } as const
+/** How long a registered tunnel has to prove it is alive when its gateway connects again. */
+export const STALE_CHECK_MS = 3_000
+
+const toTunnel = (conn: SshServerConnection<CertificateVerdict>, gatewayId: string, gatewayName: string): Tunnel => ({
+  gatewayId,
+  gatewayName,
+  openChannel: () => conn.openDirectTcpip({ timeoutMs: 10_000 }),
+  ping: (timeoutMs) => conn.ping(timeoutMs),
+  close: (reason) => conn.close(reason)
+})
+
+/** Wait for a promise from Node land without ever failing the fiber. */
+const settle = <A>(promise: () => Promise<A>) =>
+  Effect.async<{ ok: true; value: A } | { ok: false; error: unknown }>((resume) => {
+    promise().then(
+      (value) => resume(Effect.succeed({ ok: true, value })),
+      (error: unknown) => resume(Effect.succeed({ ok: false, error }))
+    )
+  })
 
 export const SshListenerLive = Layer.scopedDiscard(
   Effect.gen(function* () {
     const config = yield* RelayConfig
+    const credentials = yield* Credentials
+    const tunnels = yield* Tunnels
+    const fibers = yield* FiberSet.make()
+    const run = yield* FiberSet.runtime(fibers)<never>()
+
+    /** Register the tunnel, settling a duplicate by checking whether the old one is alive. */
+    const register = (tunnel: Tunnel) =>
+      Effect.gen(function* () {
+        const existing = yield* tunnels.add(tunnel)
+        if (!existing) return true
+        const alive = yield* settle(() => existing.ping(STALE_CHECK_MS))
+        if (!alive.ok && (yield* tunnels.replace(existing, tunnel))) {
+          existing.close("replaced by a new connection of the same gateway")
+          yield* Effect.logWarning("Replaced a stale tunnel that did not answer a keepalive").pipe(Effect.annotateLogs({
+            gatewayId: tunnel.gatewayId
+          }))
+          yield* Metric.increment(tagged(tunnelConnections, "outcome", "stale_replaced"))
+          return true
+        }
+        return false
+      })
+
+    const serve = (socket: net.Socket) =>
+      Effect.gen(function* () {
+        const bundle = yield* credentials.current
+        const conn = acceptSshConnection(socket, {
+          hostKey: bundle.ssh.hostKey,
+          authenticate: ({ username, certificate }) =>
+            checkGatewayCertificate({
+              username,
+              certificate,
+              relayName: config.name,
+              clientCaPublicKey: bundle.ssh.clientCaPublicKey,
+              now: new Date()
+            }),
+          keepalive: TUNNEL_KEEPALIVE,
+          onAuthAttempt: (attempt) => {
+            if (attempt.outcome !== "failure") return
+            run(
+              Effect.zipRight(
+                Metric.increment(tagged(sshAuthFailures, "reason", attempt.reason ?? attempt.method)),
+                Effect.logDebug("SSH authentication failed").pipe(Effect.annotateLogs({ user: attempt.username, reason: attempt.reason ?? attempt.method }))
+              )
+            )
+          }
+        })
+        const auth = yield* settle(() => conn.authenticated)
+        if (!auth.ok) {
+          yield* Metric.increment(sshHandshakeFailures)
+          const info = yield* Effect.promise(() => conn.closed)
+          yield* Effect.logDebug("SSH connection closed before authentication").pipe(Effect.annotateLogs({ reason: info.reason }))
+          return
+        }
+        const decision = auth.value.decision
+        if (!decision.ok) return conn.close("not authorized")
+        const { gatewayId, gatewayName } = decision.identity
+        const tunnel = toTunnel(conn, gatewayId, gatewayName)
+        const log = { gatewayId, gatewayName, kex: conn.info.kex, cipher: conn.info.cipherSC, mac: conn.info.macSC }
+        if (!(yield* register(tunnel))) {
+          yield* Effect.logWarning(`Gateway ${gatewayName} (${gatewayId}) already has an active connection, rejecting new connection`)
+          yield* Metric.increment(tagged(tunnelConnections, "outcome", "duplicate_rejected"))
+          return conn.close("gateway already connected")
+        }
+        yield* Metric.increment(tagged(tunnelConnections, "outcome", "accepted"))
+        yield* Metric.increment(tunnelsConnected)
+        yield* Effect.logInfo(`Gateway ${gatewayName} (${gatewayId}) connected`).pipe(Effect.annotateLogs(log))
+        const closed = yield* Effect.promise(() => conn.closed).pipe(
+          Effect.onInterrupt(() => Effect.sync(() => conn.close("relay shutting down")))
+        )
+        yield* tunnels.remove(tunnel)
+        yield* Metric.incrementBy(tunnelsConnected, -1)
+        yield* Effect.logInfo(`Gateway ${gatewayName} (${gatewayId}) disconnected`).pipe(Effect.annotateLogs({ ...log, reason: closed.reason }))
+      }).pipe(Effect.withSpan("relay.tunnel"), Effect.annotateLogs({ remote: socket.remoteAddress ?? "" }))
+
     const server = net.createServer({ noDelay: true })
     server.on("connection", (socket) => {
-      // The SSH layer is wired in by the SSH issue; until then connections are refused.
-      socket.destroy()
+      socket.on("error", () => socket.destroy())
+      run(serve(socket))
     })
     const bound = yield* bindListener(server, { label: "SSH", port: config.sshPort, host: config.listenHost })
     yield* Effect.logInfo(`SSH server listening on ${displayAddress(config.listenHost, bound.address)} for gateways`)

@@ -1,18 +1,35 @@
 /**
  * The client-facing mTLS listener (protocol.md §4.2). TLS 1.2+, the relay's leaf certificate,
  * client certificates verified against every certificate of clientCertificateChain, a 5 s
- * handshake deadline. Failed handshakes and bare connect-and-close are dropped quietly: the relay
- * never writes plaintext on this port.
+ * handshake deadline. Failed handshakes and bare connect-and-close are dropped quietly and
+ * counted: the relay never writes plaintext on this port.
+ *
+ * A verified connection is routed by its certificate: the zero-UUID CN is the control plane's
+ * heartbeat probe (closed at once); any other CN names the gateway whose tunnel gets a new
+ * `direct-tcpip` channel, and the session pumps bytes until either side ends.
  */
 import * as tls from "node:tls"
-import { Effect, FiberSet, Layer, Stream } from "effect"
+import { Effect, FiberMap, FiberSet, Layer, Metric, Stream } from "effect"
 import { Credentials } from "../Credentials.ts"
+import {
+  heartbeatProbes,
+  sessionBytes,
+  sessionsActive,
+  sessionsRefused,
+  sessionsTotal,
+  tagged,
+  tlsHandshakeFailures
+} from "../observability/Metrics.ts"
+import { isHeartbeatProbe, parseClientIdentityEither } from "../pki/clientIdentity.ts"
 import { RelayConfig } from "../RelayConfig.ts"
 import { bindListener, displayAddress } from "./Listener.ts"
+import { pump } from "./pump.ts"
 import { Tunnels } from "./Tunnels.ts"
 
-export const HEARTBEAT_PROBE_CN = "00000000-0000-0000-0000-000000000000"
 export const TLS_HANDSHAKE_TIMEOUT_MS = 5_000
+
+const refuse = (socket: tls.TLSSocket, reason: string) =>
+  Effect.sync(() => socket.destroy()).pipe(Effect.zipRight(Metric.increment(tagged(sessionsRefused, "reason", reason))))
 
 export const TlsListenerLive = Layer.scopedDiscard(
   Effect.gen(function* () {
@@ -20,19 +37,24 @@ export const TlsListenerLive = Layer.scopedDiscard(
     const credentials = yield* Credentials
     const tunnels = yield* Tunnels
     const bundle = yield* credentials.current
-    const fibers = yield* FiberSet.make()
-    const run = yield* FiberSet.runtime(fibers)<never>()
+    const sessions = yield* FiberMap.make<number>()
+    const run = yield* FiberMap.runtime(sessions)<never>()
+    const background = yield* FiberSet.makeRuntime<never>()
+    let nextId = 1
 
     const server = tls.createServer({
       ...bundle.tls,
       requestCert: true,
-      rejectUnauthorized: true,
+      // A client's EOF ends only its direction: the gateway may still answer (half-close).
+      allowHalfOpen: true,
+      // Verified below, so that refusals are counted by reason; nothing is written either way.
+      rejectUnauthorized: false,
       handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS
     })
-    // A failed or abandoned handshake is the client's problem: log at debug, close quietly.
     server.on("tlsClientError", (error, socket) => {
       socket.destroy()
-      run(Effect.logDebug("TLS handshake failed", { reason: error.message }))
+      const reason = (error as NodeJS.ErrnoException).code ?? "handshake_error"
+      background(Metric.increment(tagged(tlsHandshakeFailures, "reason", reason)))
     })
     // Renewed certificates apply to the next handshakes; live connections keep theirs.
     yield* credentials.changes.pipe(
@@ -41,28 +63,74 @@ export const TlsListenerLive = Layer.scopedDiscard(
       Effect.interruptible
     )
 
-    const route = (socket: tls.TLSSocket) =>
+    const session = (socket: tls.TLSSocket, sessionId: number) =>
       Effect.gen(function* () {
-        const peer = socket.getPeerCertificate()
-        const gatewayId = typeof peer.subject?.CN === "string" ? peer.subject.CN : ""
-        if (gatewayId === HEARTBEAT_PROBE_CN) {
-          yield* Effect.logDebug("Heartbeat check successful, closing connection.")
+        if (!socket.authorized) {
           socket.destroy()
-          return
+          const reason = String(socket.authorizationError ?? "unauthorized")
+          yield* Metric.increment(tagged(tlsHandshakeFailures, "reason", reason))
+          return yield* Effect.logDebug("TLS client certificate refused").pipe(Effect.annotateLogs({ reason }))
         }
+        const der = socket.getPeerX509Certificate()?.raw
+        const parsed = der ? parseClientIdentityEither(der) : undefined
+        if (!parsed || parsed._tag === "Left" || parsed.right.gatewayId === undefined) {
+          yield* Effect.logDebug("Client certificate without a usable subject, closing")
+          return yield* refuse(socket, "bad_certificate")
+        }
+        const identity = parsed.right
+        if (isHeartbeatProbe(identity)) {
+          socket.destroy()
+          yield* Metric.increment(heartbeatProbes)
+          return yield* Effect.logDebug("Heartbeat check successful, closing connection.")
+        }
+        const gatewayId = identity.gatewayId!
+        const org = identity.orgLabel ?? ""
+        if (identity.gatewayName._tag === "Invalid") {
+          yield* Effect.logInfo("Invalid gateway name in client certificate, closing").pipe(Effect.annotateLogs({ gatewayId, org }))
+          return yield* refuse(socket, "invalid_gateway_name")
+        }
+        const gatewayName = identity.gatewayName._tag === "Valid" ? identity.gatewayName.name : ""
         const tunnel = yield* tunnels.get(gatewayId)
         if (!tunnel) {
-          yield* Effect.logInfo(`Gateway (${gatewayId}) not connected`)
-          socket.destroy()
-          return
+          yield* Effect.logInfo(`Gateway '${gatewayName}' (${gatewayId}) not connected`).pipe(Effect.annotateLogs({ gatewayId, org }))
+          return yield* refuse(socket, "gateway_not_connected")
         }
-        // Sessions are wired in by the data plane (issue 4); until then nothing is routed.
-        socket.destroy()
-      })
+        const channel = yield* Effect.tryPromise(() => tunnel.openChannel()).pipe(Effect.option)
+        if (channel._tag === "None") {
+          yield* Effect.logInfo(`Failed to open a channel to gateway '${gatewayName}' (${gatewayId})`).pipe(Effect.annotateLogs({ gatewayId, org }))
+          return yield* refuse(socket, "channel_open_failed")
+        }
+        yield* Metric.increment(sessionsTotal)
+        yield* Metric.increment(sessionsActive)
+        const started = Date.now()
+        const result = yield* pump(socket, channel.value).pipe(Effect.ensuring(Metric.incrementBy(sessionsActive, -1)))
+        yield* Metric.incrementBy(tagged(sessionBytes, "direction", "client_to_gateway"), result.bytesUp)
+        yield* Metric.incrementBy(tagged(sessionBytes, "direction", "gateway_to_client"), result.bytesDown)
+        yield* Effect.annotateCurrentSpan({
+          "relay.gateway_id": gatewayId,
+          "relay.org": org,
+          "relay.bytes_up": result.bytesUp,
+          "relay.bytes_down": result.bytesDown,
+          "relay.close_reason": result.reason
+        })
+        yield* Effect.logDebug("Session closed").pipe(Effect.annotateLogs({
+          gatewayId,
+          org,
+          bytesUp: result.bytesUp,
+          bytesDown: result.bytesDown,
+          reason: result.reason,
+          durationMs: Date.now() - started
+        }))
+      }).pipe(
+        Effect.annotateLogs({ sessionId }),
+        Effect.withSpan("relay.session", { attributes: { "relay.session_id": sessionId } }),
+        Effect.onInterrupt(() => Effect.sync(() => socket.destroy()))
+      )
 
     server.on("secureConnection", (socket: tls.TLSSocket) => {
       socket.on("error", () => socket.destroy())
-      run(route(socket))
+      const id = nextId++
+      run(id, session(socket, id))
     })
 
     const bound = yield* bindListener(server, { label: "TLS", port: config.tlsPort, host: config.listenHost })

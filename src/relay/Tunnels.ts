@@ -1,6 +1,7 @@
 /**
  * Tunnels: gateway id -> its live SSH connection. One tunnel per gateway (protocol.md §4.1).
  */
+import type { Duplex } from "node:stream"
 import { Context, Effect, Layer } from "effect"
 
 /** What the data plane needs from a gateway's SSH connection. */
@@ -8,13 +9,18 @@ export interface Tunnel {
   readonly gatewayId: string
   readonly gatewayName: string
   /** Open a `direct-tcpip` channel with empty type-specific data. */
-  readonly openChannel: () => Promise<import("node:stream").Duplex>
+  readonly openChannel: () => Promise<Duplex>
+  /** A keepalive round trip; rejects if the gateway does not answer in time. */
+  readonly ping: (timeoutMs: number) => Promise<void>
+  readonly close: (reason: string) => void
 }
 
 export interface TunnelsShape {
   readonly get: (gatewayId: string) => Effect.Effect<Tunnel | undefined>
-  /** Register a tunnel; false if the gateway already has one. */
-  readonly add: (tunnel: Tunnel) => Effect.Effect<boolean>
+  /** Register a tunnel; the existing one if the gateway already has one (then nothing changes). */
+  readonly add: (tunnel: Tunnel) => Effect.Effect<Tunnel | undefined>
+  /** Replace `old` by `tunnel` if `old` is still the registered one. */
+  readonly replace: (old: Tunnel, tunnel: Tunnel) => Effect.Effect<boolean>
   readonly remove: (tunnel: Tunnel) => Effect.Effect<void>
   readonly size: Effect.Effect<number>
 }
@@ -27,7 +33,14 @@ export const TunnelsLive = Layer.sync(Tunnels, () => {
     get: (id) => Effect.sync(() => byId.get(id)),
     add: (tunnel) =>
       Effect.sync(() => {
-        if (byId.has(tunnel.gatewayId)) return false
+        const existing = byId.get(tunnel.gatewayId)
+        if (existing) return existing
+        byId.set(tunnel.gatewayId, tunnel)
+        return undefined
+      }),
+    replace: (old, tunnel) =>
+      Effect.sync(() => {
+        if (byId.get(tunnel.gatewayId) !== old) return false
         byId.set(tunnel.gatewayId, tunnel)
         return true
       }),

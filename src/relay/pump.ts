@@ -40,12 +40,15 @@ export const pump = (client: Duplex, gateway: Duplex) =>
     gateway.on("data", countDown)
     client.pipe(gateway) // ends the channel (CHANNEL_EOF) at the client's EOF
     gateway.pipe(client) // ends the TLS side at the channel's EOF
-    // The session is over once the gateway's side has ended and been written out to the client.
+    // The session is over once the gateway's side has ended and been written out to the client;
+    // a channel that closes after its EOF is that normal end, not an abort.
     client.once("finish", () => finish("completed"))
     client.once("error", () => finish("client-error"))
     gateway.once("error", () => finish("gateway-error"))
-    client.once("close", () => finish("client-closed"))
-    gateway.once("close", () => finish("gateway-closed"))
+    client.once("close", () => finish(client.writableFinished ? "completed" : "client-closed"))
+    gateway.once("close", () => {
+      if (!gateway.readableEnded) finish("gateway-closed")
+    })
     return Effect.sync(() => {
       if (done) return
       done = true

@@ -1,0 +1,62 @@
+/**
+ * The relay's metrics, in Effect's Metric model; the status server exposes them in Prometheus
+ * text. Names follow Prometheus conventions (`_total` counters, base units).
+ */
+import { Metric } from "effect"
+
+export const tunnelsConnected = Metric.gauge("relay_tunnels_connected", {
+  description: "Gateway SSH tunnels currently registered"
+})
+
+/** accepted | duplicate_rejected | stale_replaced */
+export const tunnelConnections = Metric.counter("relay_tunnel_connections_total", {
+  description: "Authenticated gateway SSH connections by outcome",
+  incremental: true
+})
+
+/** Failed SSH authentication attempts, tagged by reason. */
+export const sshAuthFailures = Metric.counter("relay_ssh_auth_failures_total", {
+  description: "Failed SSH authentication attempts by reason",
+  incremental: true
+})
+
+/** SSH connections that ended before authenticating. */
+export const sshHandshakeFailures = Metric.counter("relay_ssh_handshake_failures_total", {
+  description: "SSH connections that closed before authentication",
+  incremental: true
+})
+
+export const tlsHandshakeFailures = Metric.counter("relay_tls_handshake_failures_total", {
+  description: "TLS connections that closed before completing the handshake",
+  incremental: true
+})
+
+/** heartbeat probes answered by the TLS listener */
+export const heartbeatProbes = Metric.counter("relay_heartbeat_probes_total", {
+  description: "Control-plane heartbeat probes received on the TLS port",
+  incremental: true
+})
+
+/** Client connections refused after the handshake, tagged by reason. */
+export const sessionsRefused = Metric.counter("relay_sessions_refused_total", {
+  description: "Client connections closed without a session, by reason",
+  incremental: true
+})
+
+export const sessionsActive = Metric.gauge("relay_sessions_active", {
+  description: "Routed sessions currently pumping"
+})
+
+export const sessionsTotal = Metric.counter("relay_sessions_total", {
+  description: "Routed sessions started",
+  incremental: true
+})
+
+/** Bytes carried, tagged direction=client_to_gateway | gateway_to_client. */
+export const sessionBytes = Metric.counter("relay_session_bytes_total", {
+  description: "Bytes carried between clients and gateways",
+  incremental: true
+})
+
+export const tagged = <T extends Metric.Metric<any, any, any>>(metric: T, key: string, value: string): T =>
+  Metric.tagged(metric, key, value) as T

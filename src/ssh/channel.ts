@@ -1,0 +1,280 @@
+/**
+ * `SshChannel`: one SSH channel (RFC 4254 §5) as a Node `Duplex` with window-based flow control.
+ *
+ * Writing: never more than the peer's window goes on the wire; a write whose data does not fit
+ * keeps its callback until WINDOW_ADJUST (or until the transport can take data again after a
+ * rekey / socket drain), so Node's own `write()`/`drain` backpressure reaches the producer.
+ * Data is split into packets of at most the peer's maximum packet size.
+ *
+ * Reading: received data is pushed without copying (a view into the decrypted packet). The
+ * window is replenished only as the consumer takes data out of the readable buffer (when at least
+ * half of the window has been consumed), so a slow consumer stops the peer instead of growing our
+ * memory: at most one window per channel is ever buffered.
+ *
+ * `end()` sends CHANNEL_EOF after all written data; `destroy()` sends CHANNEL_CLOSE. A remote EOF
+ * ends the readable side; a remote CLOSE ends the readable side, discards any unsent data, and
+ * destroys the channel once the readable side has been consumed.
+ */
+import { Duplex } from "node:stream"
+import { MSG } from "./constants.ts"
+import { SshProtocolError } from "./transport.ts"
+import { SshWriter } from "./wire.ts"
+
+/** What a channel needs from its connection. */
+export interface ChannelHost {
+  canSendData(): boolean
+  sendData(remoteId: number, data: Uint8Array, offset: number, length: number): void
+  sendControl(payload: Buffer): void
+  /** The channel cannot send now; call `onWritable()` on it when the transport can take data again. */
+  waitWritable(channel: SshChannel): void
+  /** Both sides have sent CHANNEL_CLOSE: the local id may be reused. */
+  release(channel: SshChannel): void
+}
+
+export interface ChannelParams {
+  readonly type: string
+  readonly localId: number
+  readonly remoteId: number
+  /** our initial window (what the peer may send before our first WINDOW_ADJUST) */
+  readonly windowSize: number
+  /** largest CHANNEL_DATA we accept */
+  readonly localMaxPacket: number
+  readonly remoteWindow: number
+  readonly remoteMaxPacket: number
+}
+
+const MAX_WINDOW = 0xffff_ffff
+
+interface PendingWrite {
+  readonly chunk: Buffer
+  offset: number
+  readonly callback: (error?: Error | null) => void
+}
+
+export class SshChannel extends Duplex {
+  readonly type: string
+  readonly localId: number
+  readonly remoteId: number
+  private readonly windowSize: number
+  private readonly localMaxPacket: number
+  private readonly remoteMaxPacket: number
+  private remoteWindow: number
+  /** total bytes received (data and extended data) */
+  private received = 0
+  /** total bytes granted by WINDOW_ADJUST so far */
+  private granted = 0
+  private pending: PendingWrite | undefined
+  private sentEof = false
+  private sentClose = false
+  private recvEof = false
+  private recvClose = false
+  private released = false
+
+  constructor(
+    private readonly host: ChannelHost,
+    params: ChannelParams
+  ) {
+    super({
+      allowHalfOpen: true,
+      readableHighWaterMark: Math.max(16 * 1024, Math.floor(params.windowSize / 2)),
+      writableHighWaterMark: 64 * 1024
+    })
+    this.type = params.type
+    this.localId = params.localId
+    this.remoteId = params.remoteId
+    this.windowSize = params.windowSize
+    this.localMaxPacket = params.localMaxPacket
+    this.remoteWindow = Math.min(params.remoteWindow, MAX_WINDOW)
+    // A zero max packet would stall us forever; treat silly values as 1.
+    this.remoteMaxPacket = Math.max(1, params.remoteMaxPacket)
+  }
+
+  /** Bytes the peer may still send before we grant more. */
+  get localWindow(): number {
+    return this.windowSize + this.granted - this.received
+  }
+
+  /** Bytes we may still send before the peer grants more. */
+  get peerWindow(): number {
+    return this.remoteWindow
+  }
+
+  /** True once both sides sent CHANNEL_CLOSE. */
+  get isClosed(): boolean {
+    return this.sentClose && this.recvClose
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // from the connection
+
+  /** @internal CHANNEL_DATA (or EXTENDED_DATA with `extended`, which is discarded). */
+  onRemoteData(data: Buffer, extended: boolean): void {
+    if (data.length > this.localMaxPacket) {
+      throw new SshProtocolError(`channel ${this.localId}: packet of ${data.length} bytes exceeds maximum`)
+    }
+    if (data.length > this.localWindow) {
+      throw new SshProtocolError(`channel ${this.localId}: peer sent ${data.length} bytes beyond the window`)
+    }
+    if (this.recvEof || this.recvClose) {
+      throw new SshProtocolError(`channel ${this.localId}: data after EOF`)
+    }
+    this.received += data.length
+    if (extended || this.destroyed || this.sentClose) {
+      // discarded data counts as consumed at once
+      this.maybeAdjust()
+      return
+    }
+    this.push(data)
+    this.maybeAdjust()
+  }
+
+  /** @internal */
+  onRemoteWindowAdjust(n: number): void {
+    this.remoteWindow = Math.min(MAX_WINDOW, this.remoteWindow + n)
+    this.flush()
+  }
+
+  /** @internal */
+  onRemoteEof(): void {
+    if (this.recvEof) return
+    this.recvEof = true
+    if (!this.destroyed) this.push(null)
+  }
+
+  /** @internal */
+  onRemoteClose(): void {
+    if (this.recvClose) return
+    this.recvClose = true
+    // Nothing more can be sent: complete a waiting write silently (like writing to a closed peer).
+    const p = this.pending
+    this.pending = undefined
+    if (!this.sentClose) {
+      this.sentClose = true
+      this.host.sendControl(channelMessage(MSG.CHANNEL_CLOSE, this.remoteId))
+    }
+    this.release()
+    if (!this.recvEof) {
+      this.recvEof = true
+      if (!this.destroyed) this.push(null)
+    }
+    p?.callback()
+    if (!this.destroyed) {
+      if (this.readableEnded) this.destroy()
+      else this.once("end", () => this.destroy())
+    }
+  }
+
+  /** @internal The transport can take data again. */
+  onWritable(): void {
+    this.flush()
+  }
+
+  /** @internal The connection is gone: end everything without sending. */
+  onConnectionClosed(): void {
+    this.sentClose = true
+    this.recvClose = true
+    this.released = true
+    this.pending = undefined
+    if (!this.recvEof) {
+      this.recvEof = true
+      if (!this.destroyed) this.push(null)
+    }
+    if (!this.destroyed) this.destroy()
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Duplex implementation
+
+  override _read(): void {
+    this.maybeAdjust()
+  }
+
+  // Every way of consuming a readable (flowing 'data', pipe, 'readable' + read(), async iteration)
+  // takes buffered data out through read(); data emitted straight from push() is handled in
+  // onRemoteData. Node calls _read only when it is not already waiting for a push, so _read alone
+  // would miss consumption that happens while the peer is stopped by a full window.
+  override read(size?: number): any {
+    const chunk: unknown = super.read(size)
+    if (chunk !== null) this.maybeAdjust()
+    return chunk
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    if (this.sentClose || this.recvClose) {
+      callback()
+      return
+    }
+    this.pending = { chunk, offset: 0, callback }
+    this.flush()
+  }
+
+  override _writev(
+    chunks: Array<{ chunk: Buffer; encoding: BufferEncoding }>,
+    callback: (error?: Error | null) => void
+  ): void {
+    const all = chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk))
+    this._write(all, "binary", callback)
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    if (!this.sentEof && !this.sentClose && !this.recvClose) {
+      this.sentEof = true
+      this.host.sendControl(channelMessage(MSG.CHANNEL_EOF, this.remoteId))
+    }
+    callback()
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.pending = undefined
+    if (!this.sentClose) {
+      this.sentClose = true
+      this.host.sendControl(channelMessage(MSG.CHANNEL_CLOSE, this.remoteId))
+    }
+    if (this.recvClose) this.release()
+    callback(error)
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  private release(): void {
+    if (this.released || !this.sentClose || !this.recvClose) return
+    this.released = true
+    this.host.release(this)
+  }
+
+  /** Send as much of the pending write as window, packet size and transport allow. */
+  private flush(): void {
+    const p = this.pending
+    if (p === undefined) return
+    const host = this.host
+    const chunk = p.chunk
+    while (p.offset < chunk.length) {
+      if (this.sentClose || this.recvClose) break
+      if (this.remoteWindow === 0) return
+      if (!host.canSendData()) {
+        host.waitWritable(this)
+        return
+      }
+      const n = Math.min(chunk.length - p.offset, this.remoteWindow, this.remoteMaxPacket)
+      host.sendData(this.remoteId, chunk, p.offset, n)
+      p.offset += n
+      this.remoteWindow -= n
+    }
+    this.pending = undefined
+    p.callback()
+  }
+
+  /** Grant the peer more window once half of it has been consumed by our reader. */
+  private maybeAdjust(): void {
+    if (this.recvEof || this.sentClose) return
+    const consumed = this.received - this.readableLength
+    const grant = consumed - this.granted
+    if (grant >= this.windowSize / 2 && grant > 0) {
+      this.granted += grant
+      this.host.sendControl(Buffer.from(new SshWriter(12).byte(MSG.CHANNEL_WINDOW_ADJUST).uint32(this.remoteId).uint32(grant).toBuffer()))
+    }
+  }
+}
+
+const channelMessage = (type: number, recipient: number): Buffer =>
+  Buffer.from(new SshWriter(8).byte(type).uint32(recipient).toBuffer())
