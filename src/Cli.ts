@@ -5,6 +5,7 @@
 import { Args, Command, Options } from "@effect/cli"
 import { Config, Effect, Layer } from "effect"
 import { relayLayer } from "./App.ts"
+import { runDev } from "./dev/DevCommand.ts"
 import { resolveStartConfig, StartupError } from "./cli/resolveStartConfig.ts"
 import { type StartFlags, startOptions } from "./cli/StartOptions.ts"
 import {
@@ -101,9 +102,30 @@ const systemd = Command.make("systemd").pipe(
   Command.withSubcommands([install, uninstall])
 )
 
+const dev = Command.make(
+  "dev",
+  {
+    sshPort: Options.integer("ssh-port").pipe(Options.optional, Options.withDescription("SSH port (default: a free port).")),
+    tlsPort: Options.integer("tls-port").pipe(Options.optional, Options.withDescription("TLS port (default: a free port).")),
+    transferMiB: Options.integer("transfer-mib").pipe(
+      Options.withDefault(64),
+      Options.withDescription("Size of the demo bulk transfer in MiB (default 64).")
+    )
+  },
+  (options) =>
+    Effect.gen(function* () {
+      const root = yield* infisical
+      return yield* runDev(options).pipe(Effect.provide(LoggingLive(loggingOf(root))))
+    })
+).pipe(
+  Command.withDescription(
+    "Run the relay against an embedded control plane with a demo gateway, and send traffic through it"
+  )
+)
+
 const relay = Command.make("relay").pipe(
   Command.withDescription("Relay-related commands"),
-  Command.withSubcommands([start, systemd])
+  Command.withSubcommands([start, dev, systemd])
 )
 
 export const command = infisical.pipe(Command.withSubcommands([relay]))

@@ -82,8 +82,12 @@ export interface DevControlPlaneShape {
     gatewayId: string,
     options?: PlatformClientOptions
   ) => Effect.Effect<GatewayClientCredentials, ApiError>
-  /** A backend-style connection through the relay to a gateway, closed with the scope. */
-  readonly dialGateway: (gatewayId: string, alpn: string) => Effect.Effect<tls.TLSSocket, ApiError, Scope.Scope>
+  /** A backend-style connection through the relay to a gateway, closed with the scope; `target` goes in the routing extension. */
+  readonly dialGateway: (
+    gatewayId: string,
+    alpn: string,
+    target?: PlatformClientOptions
+  ) => Effect.Effect<tls.TLSSocket, ApiError, Scope.Scope>
 
   /** The relay heartbeat probe (as the heartbeat routes run it). */
   readonly probeRelay: (relayId: string) => Effect.Effect<void, ApiError>
@@ -168,7 +172,7 @@ export const makeDevControlPlane = (be: Backend): DevControlPlaneShape => ({
       return { ...credentials, relayHost: relay.host, address: be.options.relayTlsAddress(relay.host) }
     }),
   gatewayClientCredentials: (gatewayId, options) => platformClientCredentials(be, gatewayId, options),
-  dialGateway: (gatewayId, alpn) => dialGateway(be, gatewayId, alpn),
+  dialGateway: (gatewayId, alpn, target) => dialGateway(be, gatewayId, alpn, target),
 
   probeRelay: (relayId) =>
     Effect.flatMap(

@@ -158,10 +158,11 @@ export const heartbeatGateway = (be: Backend, actor: IdentityActor) =>
 export const dialGateway = (
   be: Backend,
   gatewayId: string,
-  alpn: string
+  alpn: string,
+  target?: PlatformClientOptions
 ): Effect.Effect<tls.TLSSocket, ApiError, Scope.Scope> =>
   Effect.gen(function*() {
-    const details = yield* gatewayConnectionDetails(be, gatewayId)
+    const details = yield* gatewayConnectionDetails(be, gatewayId, target)
     const outer = yield* Effect.acquireRelease(
       Effect.tryPromise({
         try: () => connectRelay(relayDial(be, details.relay, details.relayCredentials)),

@@ -6,7 +6,8 @@ import { type ChildProcess, spawn } from "node:child_process"
 import * as path from "node:path"
 
 const repoRoot = path.resolve(import.meta.dirname, "../..")
-export const binPath = path.join(repoRoot, "bin", "infisical.js")
+/** The sources, through tsx: tests never run a possibly stale dist/. */
+const sourceEntry = ["--import", "tsx", path.join(repoRoot, "src", "bin.ts")]
 
 export interface RelayProcess {
   readonly child: ChildProcess
@@ -16,8 +17,12 @@ export interface RelayProcess {
   readonly kill: (signal?: NodeJS.Signals) => void
 }
 
-export const spawnRelay = (args: ReadonlyArray<string>, env: Record<string, string>): RelayProcess => {
-  const child = spawn(process.execPath, [binPath, ...args], {
+export const spawnRelay = (
+  args: ReadonlyArray<string>,
+  env: Record<string, string>,
+  entry: ReadonlyArray<string> = sourceEntry
+): RelayProcess => {
+  const child = spawn(process.execPath, [...entry, ...args], {
     cwd: repoRoot,
     env: { PATH: process.env.PATH ?? "", ...env },
     stdio: ["ignore", "pipe", "pipe"]
