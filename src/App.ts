@@ -3,12 +3,17 @@
  * run the same function with a swapped control plane. Platform layers (HTTP client, file system)
  * are provided by the entry point.
  */
-import { Layer } from "effect"
+import { Effect, Layer, Option } from "effect"
 import { AuthLive } from "./Auth.ts"
 import { type ControlPlane, ControlPlaneLive } from "./controlplane/ControlPlane.ts"
 import { CredentialsLive } from "./Credentials.ts"
 import { HeartbeatLive } from "./Heartbeat.ts"
+import { notifyReadyUntilStopping } from "./notify/SdNotify.ts"
+import { Readiness } from "./observability/Readiness.ts"
+import { CertificateExpiryLive } from "./observability/RuntimeMetrics.ts"
+import { StatusServerLive } from "./observability/StatusServer.ts"
 import { RelayConfig, type RelayConfigShape } from "./RelayConfig.ts"
+import { RenewalLive } from "./Renewal.ts"
 import { SshListenerLive } from "./relay/SshListener.ts"
 import { TlsListenerLive } from "./relay/TlsListener.ts"
 import { TunnelsLive } from "./relay/Tunnels.ts"
@@ -22,11 +27,30 @@ export const ControlPlaneWithAuthLive = ControlPlaneLive.pipe(Layer.provide(Auth
 /** Everything `relay start` runs, over a given control plane (tests swap it). */
 export const relayLayerWith =
   <E, R>(controlPlane: Layer.Layer<ControlPlane, E, R>) => (config: RelayConfigShape) =>
-    Layer.mergeAll(RelayServerLive, HeartbeatLive).pipe(
+    Layer.mergeAll(RelayServerLive, HeartbeatLive, RenewalLive, CertificateExpiryLive).pipe(
       Layer.provide(CredentialsLive),
       Layer.provide(controlPlane),
       Layer.provide(RelayConfig.layer(config))
     )
+
+/**
+ * Start a relay inside the current scope: the status server first (so a stuck registration is
+ * visible), then the relay's layers; ready once both listeners are bound.
+ */
+export const startRelayLayers = <E, R>(config: RelayConfigShape, layer: Layer.Layer<never, E, R>) =>
+  Effect.gen(function* () {
+    const readiness = yield* Readiness.make
+    const withReadiness = Layer.succeed(Readiness, readiness)
+    if (Option.isSome(config.statusAddress)) {
+      yield* Layer.build(StatusServerLive(config.statusAddress.value).pipe(Layer.provide(withReadiness)))
+    }
+    yield* Layer.build(layer)
+    yield* readiness.markReady
+    yield* Effect.logInfo("Relay server started successfully")
+    // systemd (Type=notify): READY=1 now, STOPPING=1 first thing at shutdown; only with NOTIFY_SOCKET.
+    yield* notifyReadyUntilStopping
+    return readiness
+  })
 
 /** What `relay start` runs. */
 export const relayLayer = relayLayerWith(ControlPlaneWithAuthLive)

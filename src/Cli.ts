@@ -2,12 +2,13 @@
  * The command tree of the real CLI: `infisical relay start`, `infisical relay systemd
  * install|uninstall [name]`. Parses flags, resolves RelayConfig, then runs the relay's layers.
  */
-import { Args, Command, Options } from "@effect/cli"
-import { Config, Effect, Layer } from "effect"
-import { relayLayer } from "./App.ts"
-import { runDev } from "./dev/DevCommand.ts"
-import { resolveStartConfig, StartupError } from "./cli/resolveStartConfig.ts"
+import { Command, Options } from "@effect/cli"
+import { Config, Effect, Layer, Option } from "effect"
+import { relayLayer, startRelayLayers } from "./App.ts"
+import { freePort, runDev } from "./dev/DevCommand.ts"
+import { parseListenAddress, resolveStartConfig, StartupError } from "./cli/resolveStartConfig.ts"
 import { type StartFlags, startOptions } from "./cli/StartOptions.ts"
+import { makeSystemdCommands } from "./cli/systemdCommands.ts"
 import {
   type LogDestination,
   type LogFormat,
@@ -60,15 +61,9 @@ const loggingOf = (root: {
   destination: root.logDestination
 })
 
-/** Run the relay until interrupted: build every layer, then announce, then wait. */
-export const runRelay = <E, R>(layer: Layer.Layer<never, E, R>) =>
-  Effect.scoped(
-    Effect.gen(function* () {
-      yield* Layer.build(layer)
-      yield* Effect.logInfo("Relay server started successfully")
-      return yield* Effect.never
-    })
-  )
+/** Run the relay until interrupted. */
+export const runRelay = <E, R>(config: RelayConfigShape, layer: Layer.Layer<never, E, R>) =>
+  Effect.scoped(Effect.zipRight(startRelayLayers(config, layer), Effect.never))
 
 /** The `relay start` handler body, with the layer graph as a parameter so tests can swap it. */
 export const startRelay = <E, R>(
@@ -77,7 +72,7 @@ export const startRelay = <E, R>(
 ) =>
   Effect.gen(function* () {
     const config = yield* resolveStartConfig(flags)
-    return yield* runRelay(makeLayer(config))
+    return yield* runRelay(config, makeLayer(config))
   })
 
 const start = Command.make("start", startOptions, (flags) =>
@@ -87,15 +82,8 @@ const start = Command.make("start", startOptions, (flags) =>
   })
 ).pipe(Command.withDescription("Start an Infisical relay"))
 
-const notYet = (what: string) =>
-  Effect.fail(new StartupError({ error: `${what} is not available in this build yet`, messages: [] }))
-
-const systemdName = Args.text({ name: "name" }).pipe(Args.optional)
-const install = Command.make("install", { name: systemdName }, () => notYet("relay systemd install")).pipe(
-  Command.withDescription("Install and enable the relay as a systemd service")
-)
-const uninstall = Command.make("uninstall", { name: systemdName }, () => notYet("relay systemd uninstall")).pipe(
-  Command.withDescription("Stop, disable and remove the relay's systemd service")
+const { install, uninstall } = makeSystemdCommands<Command.Command.Context<"infisical">>((effect) =>
+  Effect.flatMap(infisical, (root) => Effect.provide(effect, LoggingLive(loggingOf(root))))
 )
 const systemd = Command.make("systemd").pipe(
   Command.withDescription("Manage the relay's systemd service"),
@@ -107,6 +95,10 @@ const dev = Command.make(
   {
     sshPort: Options.integer("ssh-port").pipe(Options.optional, Options.withDescription("SSH port (default: a free port).")),
     tlsPort: Options.integer("tls-port").pipe(Options.optional, Options.withDescription("TLS port (default: a free port).")),
+    statusAddr: Options.text("status-addr").pipe(
+      Options.optional,
+      Options.withDescription("host:port of the status server (default: 127.0.0.1 and a free port).")
+    ),
     transferMiB: Options.integer("transfer-mib").pipe(
       Options.withDefault(64),
       Options.withDescription("Size of the demo bulk transfer in MiB (default 64).")
@@ -115,7 +107,15 @@ const dev = Command.make(
   (options) =>
     Effect.gen(function* () {
       const root = yield* infisical
-      return yield* runDev(options).pipe(Effect.provide(LoggingLive(loggingOf(root))))
+      const statusAddress = Option.isSome(options.statusAddr)
+        ? parseListenAddress(options.statusAddr.value)
+        : { host: "127.0.0.1", port: yield* freePort }
+      if (!statusAddress) {
+        return yield* new StartupError({ error: `invalid --status-addr "${Option.getOrElse(options.statusAddr, () => "")}": expected host:port`, messages: [] })
+      }
+      return yield* runDev({ ...options, statusAddress: Option.some(statusAddress) }).pipe(
+        Effect.provide(LoggingLive(loggingOf(root)))
+      )
     })
 ).pipe(
   Command.withDescription(

@@ -7,7 +7,7 @@ import { X509Certificate } from "node:crypto"
 import * as tls from "node:tls"
 import { Context, Effect, Layer, Redacted, Schema, Stream, SubscriptionRef } from "effect"
 import type { RelayCredentialsResponse } from "./controlplane/Api.ts"
-import { ControlPlane } from "./controlplane/ControlPlane.ts"
+import { ControlPlane, type ControlPlaneError } from "./controlplane/ControlPlane.ts"
 import { RelayConfig } from "./RelayConfig.ts"
 import { parseCertificate, type SshCertificate } from "./ssh/certs.ts"
 import { parseAuthorizedKeyLine, parseOpenSshPrivateKey, type SshPrivateKey } from "./ssh/keys.ts"
@@ -23,6 +23,7 @@ export class CredentialsError extends Schema.TaggedError<CredentialsError>()("Cr
 export interface CredentialBundle {
   /** TLS server context: leaf certificate only, client CAs = every cert of clientCertificateChain. */
   readonly tls: tls.SecureContextOptions
+  readonly tlsNotBefore: Date
   readonly tlsNotAfter: Date
   readonly ssh: {
     /** The OpenSSH host certificate blob and its key: the only host key the relay presents. */
@@ -61,6 +62,7 @@ export const toBundle = (response: RelayCredentialsResponse, now: Date) =>
       }
       return {
         tls: options,
+        tlsNotBefore: new Date(leaf.validFrom),
         tlsNotAfter: new Date(leaf.validTo),
         ssh: {
           hostKey: { certificate: hostCertificateBlob, privateKey },
@@ -78,7 +80,7 @@ export interface CredentialsShape {
   /** Every bundle swapped in after the first. */
   readonly changes: Stream.Stream<CredentialBundle>
   /** Register again and swap the bundle in; on failure the old bundle stays. */
-  readonly renew: Effect.Effect<CredentialBundle, unknown>
+  readonly renew: Effect.Effect<CredentialBundle, ControlPlaneError | CredentialsError>
 }
 
 export class Credentials extends Context.Tag("relay/Credentials")<Credentials, CredentialsShape>() {}

@@ -4,10 +4,11 @@
  */
 import { ValidationError } from "@effect/cli"
 import { NodeContext, NodeHttpClient, NodeRuntime } from "@effect/platform-node"
-import { Cause, Effect, Layer, Option } from "effect"
-import { cli, formatStartupError } from "./Cli.ts"
+import { Cause, Effect, Layer, Option, RuntimeFlags, RuntimeFlagsPatch } from "effect"
+import { cli, formatStartupError, VERSION } from "./Cli.ts"
+import { TracingLive } from "./observability/Tracing.ts"
 
-const PlatformLive = Layer.mergeAll(NodeContext.layer, NodeHttpClient.layerUndici)
+const PlatformLive = Layer.mergeAll(NodeContext.layer, NodeHttpClient.layerUndici, TracingLive(VERSION))
 
 /** Print a failure once, in upstream's shape; parse errors were already printed by @effect/cli. */
 const report = (cause: Cause.Cause<unknown>) =>
@@ -33,5 +34,7 @@ const report = (cause: Cause.Cause<unknown>) =>
 cli(process.argv).pipe(
   Effect.tapErrorCause(report),
   Effect.provide(PlatformLive),
+  // Effect's per-fiber runtime metrics would cost every session fiber.
+  Effect.withRuntimeFlagsPatch(RuntimeFlagsPatch.disable(RuntimeFlags.RuntimeMetrics)),
   NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
 )

@@ -49,3 +49,38 @@ export const ApiErrorBody = Schema.Struct({
   message: Schema.optional(Schema.Unknown),
   error: Schema.optional(Schema.String)
 })
+
+/**
+ * Machine-identity logins and `token/renew` (protocol.md §7): every one answers
+ * `{accessToken, expiresIn, accessTokenMaxTTL, tokenType}` (seconds; 0 = no expiry / no max).
+ */
+export const IdentityAccessTokenResponse = Schema.Struct({
+  accessToken: Schema.Redacted(Schema.String),
+  expiresIn: Schema.Number,
+  accessTokenMaxTTL: Schema.Number,
+  tokenType: Schema.optional(Schema.String)
+})
+export type IdentityAccessTokenResponse = typeof IdentityAccessTokenResponse.Type
+
+export const UniversalAuthLoginRequest = Schema.Struct({
+  clientId: Schema.String,
+  clientSecret: Schema.String,
+  organizationSlug: Schema.optional(Schema.String)
+})
+
+/** kubernetes, azure, gcp (id token and IAM), oidc and jwt logins. */
+export const JwtLoginRequest = Schema.Struct({
+  identityId: Schema.String,
+  jwt: Schema.String,
+  organizationSlug: Schema.optional(Schema.String)
+})
+
+export const AwsIamLoginRequest = Schema.Struct({
+  identityId: Schema.String,
+  iamHttpRequestMethod: Schema.String,
+  iamRequestBody: Schema.String,
+  iamRequestHeaders: Schema.String,
+  organizationSlug: Schema.optional(Schema.String)
+})
+
+export const RenewAccessTokenRequest = Schema.Struct({ accessToken: Schema.String })

@@ -67,10 +67,13 @@ const serveChannel = (channel: SshChannel, context: tls.SecureContext) => {
           inner.destroy()
           return
         }
-        const upstream = net.connect(route.targetPort, route.targetHost)
+        const upstream = net.connect({ port: route.targetPort, host: route.targetHost, allowHalfOpen: true })
         upstream.on("error", () => inner.destroy())
         inner.on("close", () => upstream.destroy())
-        upstream.on("close", () => inner.destroy())
+        // After the target's EOF, pipe() ends the TLS side once it has written everything out.
+        upstream.on("close", () => {
+          if (!upstream.readableEnded) inner.destroy()
+        })
         inner.pipe(upstream).pipe(inner)
         return
       }

@@ -13,14 +13,15 @@ import * as os from "node:os"
 import * as path from "node:path"
 import type { Duplex } from "node:stream"
 import { Console, Context, Duration, Effect, Layer, Metric, Option, Redacted } from "effect"
-import { relayLayer } from "../App.ts"
+import { relayLayer, startRelayLayers } from "../App.ts"
 import { sessionBytes, sessionsTotal, tagged } from "../observability/Metrics.ts"
-import { defaultTimers, RelayMode, type RelayConfigShape } from "../RelayConfig.ts"
+import { defaultTimers, type ListenAddress, RelayMode, type RelayConfigShape } from "../RelayConfig.ts"
 import * as ControlPlaneServer from "./ControlPlaneServer.ts"
 import { ControlPlaneEndpoint, DevControlPlane } from "./ControlPlaneServer.ts"
-import { connectDemoGateway } from "./DemoGateway.ts"
+import { connectDemoGateway, DemoGatewayError } from "./DemoGateway.ts"
 
 export interface DevOptions {
+  readonly statusAddress: Option.Option<ListenAddress>
   readonly sshPort: Option.Option<number>
   readonly tlsPort: Option.Option<number>
   readonly transferMiB: number
@@ -29,7 +30,7 @@ export interface DevOptions {
 const RELAY_NAME = "dev-relay"
 
 /** A free loopback port: bind 0, read it, release it. */
-const freePort = Effect.async<number>((resume) => {
+export const freePort = Effect.async<number>((resume) => {
   const server = net.createServer().listen(0, "127.0.0.1", () => {
     const { port } = server.address() as net.AddressInfo
     server.close(() => resume(Effect.succeed(port)))
@@ -110,12 +111,11 @@ export const runDev = (options: DevOptions) =>
         listenHost: "127.0.0.1",
         sshPort,
         tlsPort,
-        statusAddress: Option.none(),
+        statusAddress: options.statusAddress,
         heartbeat: { ...defaultTimers.heartbeat, firstAfter: Duration.seconds(1), retryEvery: Duration.seconds(1) },
         renewEvery: defaultTimers.renewEvery
       }
-      yield* Layer.build(relayLayer(config))
-      yield* Effect.logInfo("Relay server started successfully")
+      yield* startRelayLayers(config, relayLayer(config))
 
       // 3. A demo gateway, registered and connected like Infisical's gateway.
       const identity = yield* cp.createIdentity({ name: "demo-gateway-identity" })
@@ -159,15 +159,19 @@ export const runDev = (options: DevOptions) =>
           `  gateway        demo-gateway (${gateway.gatewayId}) connected over SSH: ${info.kex}, ${info.cipherCS}, ${info.macCS}`,
           `  ping           PONG in ${pingMs} ms (control plane -> relay mTLS -> SSH channel -> gateway TLS, ALPN infisical-ping;` +
             " includes minting the client certificates)",
-          `  transfer       ${transfer.ok ? "ok" : "FAILED"}: ${mib(bytes)} MiB each way through the relay in ${seconds.toFixed(2)} s` +
+          `  transfer       ${transfer.ok ? "ok" : `FAILED (${transfer.received} of ${bytes} bytes back)`}: ${mib(bytes)} MiB each way through the relay in ${seconds.toFixed(2)} s` +
             ` (${mib(bytes / seconds)} MiB/s with every hop's crypto in this one process), sha256 ${transfer.ok ? "equal" : "differs"}`,
           `  relay counted  ${sessions.count} sessions, ${mib(up.count)} MiB client->gateway, ${mib(down.count)} MiB gateway->client`,
+          ...Option.match(options.statusAddress, {
+            onNone: () => ["  status         off (add --status-addr 127.0.0.1:9090 for /metrics, /healthz, /readyz)"],
+            onSome: (a) => [`  status         http://${a.host}:${a.port}/metrics  /healthz  /readyz`]
+          }),
           "",
           "Press Ctrl-C to stop.",
           ""
         ].join("\n")
       )
-      if (!transfer.ok) return yield* Effect.fail(new Error("the bulk transfer through the relay failed"))
+      if (!transfer.ok) return yield* new DemoGatewayError({ detail: "the bulk transfer through the relay failed" })
       return yield* Effect.never
     })
   )

@@ -21,6 +21,7 @@ import * as ControlPlaneServer from "../../src/dev/ControlPlaneServer.ts"
 import { ControlPlaneEndpoint, DevControlPlane, makeAuthorities } from "../../src/dev/ControlPlaneServer.ts"
 import { relayServerCredentials } from "../../src/dev/relays.ts"
 import { splitPemChain } from "../../src/pki/mint.ts"
+import { freePort } from "../support/relayHarness.ts"
 import { spawnRelay } from "../support/relayProcess.ts"
 
 const SECRET = "startup-test-secret"
@@ -99,6 +100,34 @@ describe("relay start as a subprocess", () => {
       p.kill()
     }
   })
+
+  it("62. with only INFISICAL_API_URL, INFISICAL_RELAY_NAME, INFISICAL_RELAY_HOST, INFISICAL_TOKEN and HOME (no PATH): an org relay starts, registers and heartbeats", async () => {
+    const identity = await runtime.runPromise(Effect.flatMap(DevControlPlane, (cp) => cp.createIdentity({ name: "e2e-relay-identity" })))
+    const { accessToken } = await runtime.runPromise(
+      Effect.flatMap(DevControlPlane, (cp) => cp.issueAccessToken(identity.identityId))
+    )
+    const home = fs.mkdtempSync(path.join(os.tmpdir(), "relay-e2e-"))
+    const [sshPort, tlsPort] = [await freePort(), await freePort()]
+    tlsPorts.set("relay-e.test", tlsPort)
+    // Our port flags stand in for the fixed 2222/8443 the e2e suite binds; the environment is upstream's list exactly.
+    const p = spawnRelay(["relay", "start", `--ssh-port=${sshPort}`, `--tls-port=${tlsPort}`], {
+      INFISICAL_API_URL: apiUrl,
+      INFISICAL_RELAY_NAME: "e2e-relay",
+      INFISICAL_RELAY_HOST: "relay-e.test",
+      INFISICAL_TOKEN: accessToken,
+      HOME: home
+    }, { inheritPath: false })
+    try {
+      await p.waitFor(/Relay server started successfully/)
+      await p.waitFor(/Relay is reachable by Infisical/, 60_000)
+      const relays = await runtime.runPromise(Effect.flatMap(DevControlPlane, (cp) => cp.relays))
+      const row = relays.find((r) => r.name === "e2e-relay")
+      expect(row?.orgId).not.toBeNull()
+      expect(row?.heartbeat).not.toBeNull()
+    } finally {
+      p.kill()
+    }
+  }, 90_000)
 
   it("exits 0 on SIGINT", async () => {
     const p = spawnRelay(instanceArgs("relay-b.test"), relayEnv("/tmp"))

@@ -17,14 +17,21 @@ export interface RelayProcess {
   readonly kill: (signal?: NodeJS.Signals) => void
 }
 
+export interface SpawnOptions {
+  /** The node arguments before the CLI's (default: the sources through tsx). */
+  readonly entry?: ReadonlyArray<string>
+  /** Pass the test's PATH (default true); upstream's e2e suite runs the relay without one. */
+  readonly inheritPath?: boolean
+}
+
 export const spawnRelay = (
   args: ReadonlyArray<string>,
   env: Record<string, string>,
-  entry: ReadonlyArray<string> = sourceEntry
+  options: SpawnOptions = {}
 ): RelayProcess => {
-  const child = spawn(process.execPath, [...entry, ...args], {
+  const child = spawn(process.execPath, [...(options.entry ?? sourceEntry), ...args], {
     cwd: repoRoot,
-    env: { PATH: process.env.PATH ?? "", ...env },
+    env: options.inheritPath === false ? env : { PATH: process.env.PATH ?? "", ...env },
     stdio: ["ignore", "pipe", "pipe"]
   })
   let text = ""
