@@ -15,6 +15,7 @@ import { sshAuthFailures, sshHandshakeFailures, tagged, tunnelConnections, tunne
 import { RelayConfig } from "../RelayConfig.ts"
 import { checkGatewayCertificate, type CertificateVerdict } from "../ssh/certPolicy.ts"
 import { acceptSshConnection, type SshServerConnection } from "../ssh/server.ts"
+import { authFailureLabel } from "./authFailureReason.ts"
 import { bindListener, displayAddress } from "./Listener.ts"
 import { type Tunnel, Tunnels } from "./Tunnels.ts"
 
@@ -80,10 +81,11 @@ export const SshListenerLive = Layer.scopedDiscard(
             }),
           keepalive: TUNNEL_KEEPALIVE,
           onAuthAttempt: (attempt) => {
-            if (attempt.outcome !== "failure") return
+            // Clients probe with `none` first (upstream's gateway does); that is not a failure.
+            if (attempt.outcome !== "failure" || attempt.method === "none") return
             run(
               Effect.zipRight(
-                Metric.increment(tagged(sshAuthFailures, "reason", attempt.reason ?? attempt.method)),
+                Metric.increment(tagged(sshAuthFailures, "reason", authFailureLabel(attempt.reason))),
                 Effect.logDebug("SSH authentication failed").pipe(Effect.annotateLogs({ user: attempt.username, reason: attempt.reason ?? attempt.method }))
               )
             )
@@ -101,20 +103,28 @@ export const SshListenerLive = Layer.scopedDiscard(
         const { gatewayId, gatewayName } = decision.identity
         const tunnel = toTunnel(conn, gatewayId, gatewayName)
         const log = { gatewayId, gatewayName, kex: conn.info.kex, cipher: conn.info.cipherSC, mac: conn.info.macSC }
+        const label = `Gateway ${gatewayName ? `${gatewayName} ` : ""}(${gatewayId})`
+        yield* Effect.annotateCurrentSpan({
+          "relay.gateway_id": gatewayId,
+          "relay.gateway_name": gatewayName,
+          "ssh.kex": conn.info.kex,
+          "ssh.cipher": conn.info.cipherSC,
+          "ssh.mac": conn.info.macSC
+        })
         if (!(yield* register(tunnel))) {
-          yield* Effect.logWarning(`Gateway ${gatewayName} (${gatewayId}) already has an active connection, rejecting new connection`)
+          yield* Effect.logWarning(`${label} already has an active connection, rejecting new connection`)
           yield* Metric.increment(tagged(tunnelConnections, "outcome", "duplicate_rejected"))
           return conn.close("gateway already connected")
         }
         yield* Metric.increment(tagged(tunnelConnections, "outcome", "accepted"))
         yield* Metric.increment(tunnelsConnected)
-        yield* Effect.logInfo(`Gateway ${gatewayName} (${gatewayId}) connected`).pipe(Effect.annotateLogs(log))
+        yield* Effect.logInfo(`${label} connected`).pipe(Effect.annotateLogs(log))
         const closed = yield* Effect.promise(() => conn.closed).pipe(
           Effect.onInterrupt(() => Effect.sync(() => conn.close("relay shutting down")))
         )
         yield* tunnels.remove(tunnel)
         yield* Metric.incrementBy(tunnelsConnected, -1)
-        yield* Effect.logInfo(`Gateway ${gatewayName} (${gatewayId}) disconnected`).pipe(Effect.annotateLogs({ ...log, reason: closed.reason }))
+        yield* Effect.logInfo(`${label} disconnected`).pipe(Effect.annotateLogs({ ...log, reason: closed.reason }))
       }).pipe(Effect.withSpan("relay.tunnel"), Effect.annotateLogs({ remote: socket.remoteAddress ?? "" }))
 
     const server = net.createServer({ noDelay: true })

@@ -27,9 +27,26 @@ import { pump } from "./pump.ts"
 import { Tunnels } from "./Tunnels.ts"
 
 export const TLS_HANDSHAKE_TIMEOUT_MS = 5_000
+/** How long a closing connection may take to flush its last TLS records before it is dropped. */
+const CLOSE_FLUSH_MS = 5_000
+
+/**
+ * Close a connection whose handshake completed, as Go's `tls.Conn.Close` does: whatever TLS still
+ * has to send goes out first (in TLS 1.2 the server's Finished is still queued when
+ * 'secureConnection' fires: destroying at once would fail the client's handshake, and with it the
+ * control plane's heartbeat probe), then close_notify, then the socket is closed. No application
+ * byte is ever written.
+ */
+const closeAfterHandshake = (socket: tls.TLSSocket) => {
+  if (socket.destroyed) return
+  const timer = setTimeout(() => socket.destroy(), CLOSE_FLUSH_MS)
+  timer.unref()
+  socket.once("close", () => clearTimeout(timer))
+  socket.destroySoon()
+}
 
 const refuse = (socket: tls.TLSSocket, reason: string) =>
-  Effect.sync(() => socket.destroy()).pipe(Effect.zipRight(Metric.increment(tagged(sessionsRefused, "reason", reason))))
+  Effect.sync(() => closeAfterHandshake(socket)).pipe(Effect.zipRight(Metric.increment(tagged(sessionsRefused, "reason", reason))))
 
 export const TlsListenerLive = Layer.scopedDiscard(
   Effect.gen(function* () {
@@ -45,8 +62,13 @@ export const TlsListenerLive = Layer.scopedDiscard(
     const server = tls.createServer({
       ...bundle.tls,
       requestCert: true,
-      // A client's EOF ends only its direction: the gateway may still answer (half-close).
-      allowHalfOpen: true,
+      // As Go does for every TCP connection: small writes (an echo, a PONG) leave at once instead of
+      // waiting ~40 ms for the client's delayed ACK (Nagle).
+      noDelay: true,
+      // An EOF before the handshake completes (a bare connect-and-close "ping") closes at once
+      // rather than holding the socket until the handshake deadline. Sessions turn half-close on
+      // (see 'secureConnection').
+      allowHalfOpen: false,
       // Verified below, so that refusals are counted by reason; nothing is written either way.
       rejectUnauthorized: false,
       handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS
@@ -66,6 +88,8 @@ export const TlsListenerLive = Layer.scopedDiscard(
     const session = (socket: tls.TLSSocket, sessionId: number) =>
       Effect.gen(function* () {
         if (!socket.authorized) {
+          // Dropped at once, not flushed: a TLS 1.2 client then sees its handshake fail (its last
+          // flight from us is still queued), the closest Node gets to Go's bad_certificate alert.
           socket.destroy()
           const reason = String(socket.authorizationError ?? "unauthorized")
           yield* Metric.increment(tagged(tlsHandshakeFailures, "reason", reason))
@@ -79,7 +103,7 @@ export const TlsListenerLive = Layer.scopedDiscard(
         }
         const identity = parsed.right
         if (isHeartbeatProbe(identity)) {
-          socket.destroy()
+          closeAfterHandshake(socket)
           yield* Metric.increment(heartbeatProbes)
           return yield* Effect.logDebug("Heartbeat check successful, closing connection.")
         }
@@ -128,6 +152,8 @@ export const TlsListenerLive = Layer.scopedDiscard(
       )
 
     server.on("secureConnection", (socket: tls.TLSSocket) => {
+      // A client's EOF ends only its direction: the gateway may still answer (half-close).
+      socket.allowHalfOpen = true
       socket.on("error", () => socket.destroy())
       const id = nextId++
       run(id, session(socket, id))

@@ -304,7 +304,13 @@ export const startGoRelay = async (peers: PeerSet, o: GoRelayOptions): Promise<G
   }
 }
 
-export type GatewayMode = "echo" | "tls-ping" | "sink" | "stats" | `source:${number}`
+/**
+ * Channel handlers of the Go gateway peer: echo; tls-ping (inner TLS, PONG); sink (answers
+ * "<bytes> <sha256>" after EOF); source:N (N bytes of sourceStreamBytes, then EOF); duplex:N
+ * (source:N while hashing the input, then "<bytes> <sha256>\n" and EOF); stats; reject (refuses
+ * every channel open with code 1).
+ */
+export type GatewayMode = "echo" | "tls-ping" | "sink" | "stats" | "reject" | `source:${number}` | `duplex:${number}`
 
 export interface GoGatewayOptions {
   readonly addr: string
@@ -324,6 +330,10 @@ export interface GoGatewayOptions {
   readonly keepaliveInterval?: string
   readonly keepaliveTimeout?: string
   readonly rekeyThreshold?: number
+  /** After READY, open a channel of each type and print `OPEN type=.. result=..` lines. */
+  readonly openChannels?: ReadonlyArray<string>
+  /** After READY, send each global request with want-reply and print `GLOBAL_REQUEST` lines. */
+  readonly globalRequests?: ReadonlyArray<string>
   readonly tls?: { readonly cert: string; readonly key: string; readonly clientCa: string }
 }
 
@@ -343,6 +353,8 @@ export const spawnGoGateway = async (peers: PeerSet, o: GoGatewayOptions, label 
   opt("-keepalive-interval", o.keepaliveInterval)
   opt("-keepalive-timeout", o.keepaliveTimeout)
   opt("-rekey-threshold", o.rekeyThreshold)
+  opt("-open-channels", o.openChannels?.join(","))
+  opt("-global-requests", o.globalRequests?.join(","))
   if (o.skipHostCertCheck === true) args.push("-skip-host-cert-check")
   if (o.tls !== undefined) args.push("-tls-cert", o.tls.cert, "-tls-key", o.tls.key, "-tls-client-ca", o.tls.clientCa)
   return peers.spawn(bin, args, label)

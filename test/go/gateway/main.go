@@ -15,7 +15,11 @@
 //	READY user=<user> server=<server version>
 //	CHANNEL <n> type=direct-tcpip extra=<len of type-specific data>
 //	CHANNEL_DONE <n> in=<bytes read> out=<bytes written> [err=<reason>]
+//	CHANNEL_REJECTED <n> type=direct-tcpip extra=<len>   (-mode=reject)
 //	KEEPALIVE reply=<true|false> rtt_ms=<ms>
+//	GLOBAL_REQUEST name=<name> reply=<true|false> rtt_ms=<ms>   (-global-requests)
+//	OPEN type=<type> result=accepted                           (-open-channels)
+//	OPEN type=<type> result=rejected code=<n> message=<quoted>  (-open-channels)
 //	STATS <json>                  (on SIGUSR1)
 //	CLOSED <reason>
 //
@@ -180,6 +184,7 @@ type options struct {
 	rekeyThreshold                                       uint64
 	mode                                                 string
 	tlsCert, tlsKey, tlsClientCA                         string
+	openChannels, globalRequests                         string
 }
 
 func parseFlags() *options {
@@ -199,7 +204,9 @@ func parseFlags() *options {
 	flag.DurationVar(&o.keepaliveTimeout, "keepalive-timeout", 15*time.Second, "close when a keepalive gets no reply within this time")
 	flag.DurationVar(&o.dialTimeout, "dial-timeout", 30*time.Second, "TCP connect timeout")
 	flag.Uint64Var(&o.rekeyThreshold, "rekey-threshold", 0, "ssh.Config.RekeyThreshold in bytes (0 = x/crypto default; minimum 256)")
-	flag.StringVar(&o.mode, "mode", "echo", "channel handler: echo | tls-ping | sink | source:N | stats")
+	flag.StringVar(&o.mode, "mode", "echo", "channel handler: echo | tls-ping | sink | source:N | duplex:N | stats | reject")
+	flag.StringVar(&o.openChannels, "open-channels", "", "after READY, open a channel of each of these types (comma list) and print OPEN lines")
+	flag.StringVar(&o.globalRequests, "global-requests", "", "after READY, send each of these global requests with want-reply (comma list) and print GLOBAL_REQUEST lines")
 	flag.StringVar(&o.tlsCert, "tls-cert", "", "tls-ping: inner TLS server certificate (PEM)")
 	flag.StringVar(&o.tlsKey, "tls-key", "", "tls-ping: inner TLS server key (PEM)")
 	flag.StringVar(&o.tlsClientCA, "tls-client-ca", "", "tls-ping: client CA bundle (PEM)")
@@ -390,7 +397,41 @@ func main() {
 	go func() {
 		for nc := range channels {
 			id := atomic.AddInt64(&n, 1)
+			if o.mode == "reject" {
+				extra := len(nc.ExtraData())
+				nc.Reject(ssh.Prohibited, "rejected by test gateway")
+				emit("CHANNEL_REJECTED %d type=%s extra=%d", id, nc.ChannelType(), extra)
+				continue
+			}
 			go serveChannel(id, nc, handler)
+		}
+	}()
+
+	// Probes of the relay's connection-protocol policy, in order, after READY.
+	go func() {
+		for _, name := range splitList(o.globalRequests) {
+			start := time.Now()
+			ok, _, err := client.SendRequest(name, true, nil)
+			if err != nil {
+				emit("GLOBAL_REQUEST name=%s error=%s", name, strconv.Quote(err.Error()))
+				continue
+			}
+			emit("GLOBAL_REQUEST name=%s reply=%t rtt_ms=%.3f", name, ok, float64(time.Since(start).Microseconds())/1000)
+		}
+		for _, typ := range splitList(o.openChannels) {
+			ch, reqs, err := client.OpenChannel(typ, nil)
+			if err == nil {
+				go ssh.DiscardRequests(reqs)
+				ch.Close()
+				emit("OPEN type=%s result=accepted", typ)
+				continue
+			}
+			var oce *ssh.OpenChannelError
+			if errors.As(err, &oce) {
+				emit("OPEN type=%s result=rejected code=%d message=%s", typ, uint32(oce.Reason), strconv.Quote(oce.Message))
+			} else {
+				emit("OPEN type=%s result=error message=%s", typ, strconv.Quote(err.Error()))
+			}
 		}
 	}()
 
@@ -400,6 +441,16 @@ func main() {
 		reason = "error: " + err.Error()
 	}
 	closeWith(reason, exitClosed)
+}
+
+func splitList(list string) []string {
+	var out []string
+	for _, item := range strings.Split(list, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }
 
 // keepalive mirrors the real gateway: every interval send
@@ -512,6 +563,14 @@ func channelHandler(o *options) handlerFunc {
 			fail(exitUsage, "bad -mode %q: want source:<bytes>", o.mode)
 		}
 		return func(ch *countingChannel) error { return source(ch, n) }
+	case strings.HasPrefix(o.mode, "duplex:"):
+		n, err := strconv.ParseInt(strings.TrimPrefix(o.mode, "duplex:"), 10, 64)
+		if err != nil || n < 0 {
+			fail(exitUsage, "bad -mode %q: want duplex:<bytes>", o.mode)
+		}
+		return func(ch *countingChannel) error { return duplex(ch, n) }
+	case o.mode == "reject":
+		return nil // channels are rejected before a handler runs
 	case o.mode == "tls-ping":
 		cfg := innerTLSConfig(o)
 		return func(ch *countingChannel) error { return tlsPing(ch, cfg) }
@@ -580,6 +639,46 @@ func source(ch *countingChannel, n int64) error {
 		return err
 	}
 	return <-drained
+}
+
+// duplex writes n bytes of the deterministic stream while hashing what the
+// peer sends; once both are done (the peer half-closed) it appends
+// "<bytes read> <hex sha256>\n" and half-closes. Both directions run at once
+// through one channel.
+func duplex(ch *countingChannel, n int64) error {
+	type sum struct {
+		n   int64
+		sha []byte
+		err error
+	}
+	drained := make(chan sum, 1)
+	go func() {
+		h := sha256.New()
+		m, err := io.Copy(h, ch)
+		drained <- sum{m, h.Sum(nil), err}
+	}()
+	stream := sourceStream()
+	buf := make([]byte, 32*1024)
+	zero := make([]byte, len(buf))
+	for n > 0 {
+		chunk := buf
+		if int64(len(chunk)) > n {
+			chunk = chunk[:n]
+		}
+		stream.XORKeyStream(chunk, zero[:len(chunk)])
+		if _, err := ch.Write(chunk); err != nil {
+			return err
+		}
+		n -= int64(len(chunk))
+	}
+	in := <-drained
+	if in.err != nil {
+		return in.err
+	}
+	if _, err := fmt.Fprintf(ch, "%d %s\n", in.n, hex.EncodeToString(in.sha)); err != nil {
+		return err
+	}
+	return ch.CloseWrite()
 }
 
 // ---------------------------------------------------------------------------
