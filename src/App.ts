@@ -3,7 +3,7 @@
  * run the same function with a swapped control plane. Platform layers (HTTP client, file system)
  * are provided by the entry point.
  */
-import { Effect, Layer, Option } from "effect"
+import { Duration, Effect, Layer, Option } from "effect"
 import { AuthLive } from "./Auth.ts"
 import { type ControlPlane, ControlPlaneLive } from "./controlplane/ControlPlane.ts"
 import { CredentialsLive } from "./Credentials.ts"
@@ -14,6 +14,7 @@ import { CertificateExpiryLive } from "./observability/RuntimeMetrics.ts"
 import { StatusServerLive } from "./observability/StatusServer.ts"
 import { RelayConfig, type RelayConfigShape } from "./RelayConfig.ts"
 import { RenewalLive } from "./Renewal.ts"
+import { Drain } from "./relay/Drain.ts"
 import { SshListenerLive } from "./relay/SshListener.ts"
 import { TlsListenerLive } from "./relay/TlsListener.ts"
 import { TunnelsLive } from "./relay/Tunnels.ts"
@@ -44,7 +45,20 @@ export const startRelayLayers = <E, R>(config: RelayConfigShape, layer: Layer.La
     if (Option.isSome(config.statusAddress)) {
       yield* Layer.build(StatusServerLive(config.statusAddress.value).pipe(Layer.provide(withReadiness)))
     }
-    yield* Layer.build(layer)
+    const drain = yield* Drain.make
+    yield* Layer.build(layer.pipe(Layer.provide(Layer.succeed(Drain, drain))))
+    // Added after the relay's layers, so it runs before any of them is torn down.
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function* () {
+        yield* readiness.markDraining
+        yield* drain.stopAccepting
+        yield* Effect.logInfo("Shutting down relay server: not accepting, waiting for live sessions").pipe(
+          Effect.annotateLogs({ drainTimeout: Duration.format(config.drainTimeout) })
+        )
+        const drained = yield* drain.awaitIdle(config.drainTimeout)
+        yield* Effect.logInfo(drained ? "All sessions finished" : "Drain timeout reached, closing remaining sessions")
+      })
+    )
     yield* readiness.markReady
     yield* Effect.logInfo("Relay server started successfully")
     // systemd (Type=notify): READY=1 now, STOPPING=1 first thing at shutdown; only with NOTIFY_SOCKET.

@@ -3,7 +3,7 @@
  * install|uninstall [name]`. Parses flags, resolves RelayConfig, then runs the relay's layers.
  */
 import { Command, Options } from "@effect/cli"
-import { Config, Effect, Layer, Option } from "effect"
+import { Config, Duration, Effect, Layer, Option } from "effect"
 import { relayLayer, startRelayLayers } from "./App.ts"
 import { freePort, runDev } from "./dev/DevCommand.ts"
 import { parseListenAddress, resolveStartConfig, StartupError } from "./cli/resolveStartConfig.ts"
@@ -61,9 +61,22 @@ const loggingOf = (root: {
   destination: root.logDestination
 })
 
-/** Run the relay until interrupted. */
+/**
+ * Run the relay until interrupted. A hard deadline backs the drain: if shutdown takes longer than
+ * the drain timeout plus 10 s (a stuck finalizer), the process exits 1.
+ */
 export const runRelay = <E, R>(config: RelayConfigShape, layer: Layer.Layer<never, E, R>) =>
-  Effect.scoped(Effect.zipRight(startRelayLayers(config, layer), Effect.never))
+  Effect.scoped(
+    Effect.gen(function* () {
+      yield* startRelayLayers(config, layer)
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          setTimeout(() => process.exit(1), Duration.toMillis(config.drainTimeout) + 10_000).unref()
+        })
+      )
+      return yield* Effect.never
+    })
+  )
 
 /** The `relay start` handler body, with the layer graph as a parameter so tests can swap it. */
 export const startRelay = <E, R>(

@@ -77,6 +77,8 @@ export interface RelayConfigShape {
     readonly every: Duration.Duration
   }
   readonly renewEvery: Duration.Duration
+  /** How long live sessions get to finish after SIGTERM/SIGINT before they are closed. */
+  readonly drainTimeout: Duration.Duration
 }
 
 export class RelayConfig extends Context.Tag("relay/RelayConfig")<RelayConfig, RelayConfigShape>() {
@@ -90,7 +92,8 @@ export const defaultTimers = {
     retryEvery: Duration.seconds(10),
     every: Duration.minutes(30)
   },
-  renewEvery: Duration.hours(6)
+  renewEvery: Duration.hours(6),
+  drainTimeout: Duration.seconds(30)
 } as const
 
 /** The relay's host as registered, when the mode carries one (v2 hosts live server-side). */

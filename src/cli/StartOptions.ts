@@ -79,6 +79,10 @@ export const startOptions = {
   renewInterval: text(
     "renew-interval",
     "Time between certificate renewals, e.g. 6h (env INFISICAL_RELAY_RENEW_INTERVAL, default 6h)."
+  ),
+  drainTimeout: text(
+    "drain-timeout",
+    "On SIGTERM/SIGINT, how long live sessions get to finish before they are closed (env INFISICAL_RELAY_DRAIN_TIMEOUT, default 30s)."
   )
 } as const
 
@@ -105,4 +109,5 @@ export interface StartFlags {
   readonly heartbeatInterval: Option.Option<string>
   readonly heartbeatRetryInterval: Option.Option<string>
   readonly renewInterval: Option.Option<string>
+  readonly drainTimeout: Option.Option<string>
 }

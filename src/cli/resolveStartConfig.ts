@@ -340,6 +340,13 @@ export const resolveStartConfig = (flags: StartFlags) =>
       defaultTimers.renewEvery
     )
 
+    const drainTimeout = yield* durationSetting(
+      "--drain-timeout",
+      flags.drainTimeout,
+      "INFISICAL_RELAY_DRAIN_TIMEOUT",
+      defaultTimers.drainTimeout
+    )
+
     const config: RelayConfigShape = {
       name: relayName,
       mode,
@@ -351,7 +358,8 @@ export const resolveStartConfig = (flags: StartFlags) =>
       tlsPort,
       statusAddress,
       heartbeat: { firstAfter: retryEvery, retryEvery, every: heartbeatEvery },
-      renewEvery
+      renewEvery,
+      drainTimeout
     }
     return config
   })

@@ -113,7 +113,8 @@ export const runDev = (options: DevOptions) =>
         tlsPort,
         statusAddress: options.statusAddress,
         heartbeat: { ...defaultTimers.heartbeat, firstAfter: Duration.seconds(1), retryEvery: Duration.seconds(1) },
-        renewEvery: defaultTimers.renewEvery
+        renewEvery: defaultTimers.renewEvery,
+        drainTimeout: Duration.seconds(5)
       }
       yield* startRelayLayers(config, relayLayer(config))
 

@@ -17,6 +17,7 @@ import { checkGatewayCertificate, type CertificateVerdict } from "../ssh/certPol
 import { acceptSshConnection, type SshServerConnection } from "../ssh/server.ts"
 import { authFailureLabel } from "./authFailureReason.ts"
 import { bindListener, displayAddress } from "./Listener.ts"
+import { Drain } from "./Drain.ts"
 import { type Tunnel, Tunnels } from "./Tunnels.ts"
 
 /** Keepalives every 15 s, 30 s to answer: a half-open tunnel is found within ~45 s. */
@@ -46,6 +47,7 @@ export const SshListenerLive = Layer.scopedDiscard(
     const config = yield* RelayConfig
     const credentials = yield* Credentials
     const tunnels = yield* Tunnels
+    const drain = yield* Drain
     const fibers = yield* FiberSet.make()
     const run = yield* FiberSet.runtime(fibers)<never>()
 
@@ -133,6 +135,8 @@ export const SshListenerLive = Layer.scopedDiscard(
       run(serve(socket))
     })
     const bound = yield* bindListener(server, { label: "SSH", port: config.sshPort, host: config.listenHost })
+    // While draining, live tunnels keep carrying their sessions; new gateway connections wait.
+    yield* drain.register({ stopAccepting: Effect.sync(() => server.close()), idle: Effect.void })
     yield* Effect.logInfo(`SSH server listening on ${displayAddress(config.listenHost, bound.address)} for gateways`)
   })
 )

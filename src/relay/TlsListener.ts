@@ -24,6 +24,7 @@ import { isHeartbeatProbe, parseClientIdentityEither } from "../pki/clientIdenti
 import { RelayConfig } from "../RelayConfig.ts"
 import { bindListener, displayAddress } from "./Listener.ts"
 import { pump } from "./pump.ts"
+import { Drain } from "./Drain.ts"
 import { Tunnels } from "./Tunnels.ts"
 
 export const TLS_HANDSHAKE_TIMEOUT_MS = 5_000
@@ -53,6 +54,7 @@ export const TlsListenerLive = Layer.scopedDiscard(
     const config = yield* RelayConfig
     const credentials = yield* Credentials
     const tunnels = yield* Tunnels
+    const drain = yield* Drain
     const bundle = yield* credentials.current
     const sessions = yield* FiberMap.make<number>()
     const run = yield* FiberMap.runtime(sessions)<never>()
@@ -160,6 +162,10 @@ export const TlsListenerLive = Layer.scopedDiscard(
     })
 
     const bound = yield* bindListener(server, { label: "TLS", port: config.tlsPort, host: config.listenHost })
+    yield* drain.register({
+      stopAccepting: Effect.sync(() => server.close()),
+      idle: Effect.ignore(FiberMap.awaitEmpty(sessions))
+    })
     yield* Effect.logInfo(`TLS server listening on ${displayAddress(config.listenHost, bound.address)} for clients`)
   })
 )

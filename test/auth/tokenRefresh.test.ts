@@ -39,7 +39,8 @@ const configFor = (clientId: string, clientSecret: string): RelayConfigShape => 
   tlsPort: 0,
   statusAddress: Option.none(),
   heartbeat: { firstAfter: Duration.seconds(10), retryEvery: Duration.seconds(10), every: Duration.minutes(30) },
-  renewEvery: Duration.hours(6)
+  renewEvery: Duration.hours(6),
+  drainTimeout: Duration.seconds(1)
 })
 
 /** Spin (yielding) until a sleep ends at a TestClock deadline accepted by `pred`. */

@@ -38,7 +38,7 @@ const noFlags: StartFlags = {
   clientSecret: Option.none(), machineIdentityId: Option.none(), serviceAccountTokenPath: Option.none(),
   serviceAccountKeyFilePath: Option.none(), jwt: Option.none(), sshPort: Option.none(), tlsPort: Option.none(),
   listenHost: Option.none(), statusAddr: Option.none(), heartbeatInterval: Option.none(),
-  heartbeatRetryInterval: Option.none(), renewInterval: Option.none()
+  heartbeatRetryInterval: Option.none(), renewInterval: Option.none(), drainTimeout: Option.none()
 }
 const flags = (f: Partial<Record<keyof StartFlags, string>>): StartFlags => {
   const out: Record<string, unknown> = { ...noFlags }

@@ -20,6 +20,7 @@ import { promisify } from "node:util"
 import { Duration, Effect, Exit, Layer, Logger, LogLevel, ManagedRuntime, Option, Redacted } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { ControlPlaneWithAuthLive, RelayServerLive } from "../../src/App.ts"
+import { Drain } from "../../src/relay/Drain.ts"
 import { type CredentialBundle, Credentials, CredentialsLive } from "../../src/Credentials.ts"
 import type { IssuedRelayClient } from "../../src/dev/ControlPlaneServer.ts"
 import { RelayConfig, type RelayConfigShape, RelayMode } from "../../src/RelayConfig.ts"
@@ -54,10 +55,12 @@ beforeAll(async () => {
     tlsPort,
     statusAddress: Option.none(),
     heartbeat: { firstAfter: Duration.hours(1), retryEvery: Duration.hours(1), every: Duration.hours(1) },
-    renewEvery: Duration.hours(6)
+    renewEvery: Duration.hours(6),
+    drainTimeout: Duration.seconds(1)
   }
   relay = ManagedRuntime.make(
     RelayServerLive.pipe(
+      Layer.provide(Layer.effect(Drain, Drain.make)),
       Layer.provideMerge(CredentialsLive),
       Layer.provide(ControlPlaneWithAuthLive),
       Layer.provide(RelayConfig.layer(config)),

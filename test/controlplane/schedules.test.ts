@@ -29,6 +29,7 @@ const config = (overrides: Partial<RelayConfigShape> = {}): RelayConfigShape => 
   statusAddress: Option.none(),
   heartbeat: defaultTimers.heartbeat,
   renewEvery: defaultTimers.renewEvery,
+  drainTimeout: defaultTimers.drainTimeout,
   ...overrides
 })
 

@@ -64,7 +64,7 @@ describe("relay start as a subprocess", () => {
       "--name", "--host", "--type", "--enroll-method", "--token", "--relay-id", "--domain", "--auth-method",
       "--client-id", "--client-secret", "--machine-identity-id", "--service-account-token-path",
       "--service-account-key-file-path", "--jwt", "--ssh-port", "--tls-port", "--listen-host", "--status-addr",
-      "--heartbeat-interval", "--heartbeat-retry-interval", "--renew-interval"
+      "--heartbeat-interval", "--heartbeat-retry-interval", "--renew-interval", "--drain-timeout"
     ]) expect(help).toContain(flag)
     for (const env of [
       "INFISICAL_RELAY_NAME", "INFISICAL_RELAY_HOST", "INFISICAL_RELAY_TYPE", "INFISICAL_RELAY_ENROLL_METHOD",
@@ -72,7 +72,8 @@ describe("relay start as a subprocess", () => {
       "INFISICAL_UNIVERSAL_AUTH_CLIENT_ID", "INFISICAL_UNIVERSAL_AUTH_CLIENT_SECRET", "INFISICAL_MACHINE_IDENTITY_ID",
       "INFISICAL_KUBERNETES_SERVICE_ACCOUNT_TOKEN_PATH", "INFISICAL_GCP_IAM_SERVICE_ACCOUNT_KEY_FILE_PATH",
       "INFISICAL_JWT", "INFISICAL_RELAY_SSH_PORT", "INFISICAL_RELAY_TLS_PORT", "INFISICAL_RELAY_LISTEN_HOST",
-      "INFISICAL_RELAY_STATUS_ADDR", "INFISICAL_RELAY_HEARTBEAT_INTERVAL", "INFISICAL_RELAY_RENEW_INTERVAL"
+      "INFISICAL_RELAY_STATUS_ADDR", "INFISICAL_RELAY_HEARTBEAT_INTERVAL", "INFISICAL_RELAY_RENEW_INTERVAL",
+      "INFISICAL_RELAY_DRAIN_TIMEOUT"
     ]) expect(help).toContain(env)
   })
 
@@ -179,7 +180,7 @@ describe("the composed app with a swapped ControlPlane layer", () => {
       ...Object.fromEntries(
         ["name", "host", "type", "enrollMethod", "token", "relayId", "domain", "authMethod", "clientId", "clientSecret",
           "machineIdentityId", "serviceAccountTokenPath", "serviceAccountKeyFilePath", "jwt", "sshPort", "tlsPort",
-          "listenHost", "statusAddr", "heartbeatInterval", "heartbeatRetryInterval", "renewInterval"].map((k) => [k, Option.none()])
+          "listenHost", "statusAddr", "heartbeatInterval", "heartbeatRetryInterval", "renewInterval", "drainTimeout"].map((k) => [k, Option.none()])
       ),
       name: Option.some("swapped"),
       host: Option.some("127.0.0.1"),

@@ -64,7 +64,7 @@ export const freePort = () =>
 const noFlags = [
   "name", "host", "type", "enrollMethod", "token", "relayId", "domain", "authMethod", "clientId", "clientSecret",
   "machineIdentityId", "serviceAccountTokenPath", "serviceAccountKeyFilePath", "jwt", "sshPort", "tlsPort",
-  "listenHost", "statusAddr", "heartbeatInterval", "heartbeatRetryInterval", "renewInterval"
+  "listenHost", "statusAddr", "heartbeatInterval", "heartbeatRetryInterval", "renewInterval", "drainTimeout"
 ] as const
 
 export const startFlags = (values: Partial<Record<(typeof noFlags)[number], string>>): StartFlags =>
@@ -146,6 +146,8 @@ export interface HarnessOptions {
   readonly relayName?: string
   /** Run the relay as an `infisical relay start` subprocess instead of in this process. */
   readonly subprocess?: boolean
+  /** Extra `relay start` arguments for the subprocess. */
+  readonly relayArgs?: ReadonlyArray<string>
 }
 
 export interface Harness {
@@ -215,7 +217,8 @@ export const startHarness = async (options: HarnessOptions | string = {}): Promi
       relayProcess = spawnRelay(
         [
           "relay", "start", "--type=instance", "--host=127.0.0.1", `--name=${relayName}`, `--domain=${url}`,
-          `--ssh-port=${sshPort}`, `--tls-port=${tlsPort}`, "--listen-host=127.0.0.1", "--heartbeat-retry-interval=1h"
+          `--ssh-port=${sshPort}`, `--tls-port=${tlsPort}`, "--listen-host=127.0.0.1", "--heartbeat-retry-interval=1h",
+          ...(o.relayArgs ?? [])
         ],
         { HOME: dir, INFISICAL_RELAY_STATE_DIR: path.join(dir, "state"), INFISICAL_RELAY_AUTH_SECRET: SECRET }
       )
