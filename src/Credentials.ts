@@ -91,7 +91,14 @@ export const CredentialsLive = Layer.effect(
     const config = yield* RelayConfig
     const controlPlane = yield* ControlPlane
     const fetch = controlPlane.register.pipe(
-      Effect.flatMap((response) => toBundle(response, new Date()))
+      Effect.flatMap((response) => toBundle(response, new Date())),
+      Effect.tap((bundle) =>
+        Effect.annotateCurrentSpan({
+          "relay.mode": config.mode._tag,
+          "relay.tls_not_after": bundle.tlsNotAfter.toISOString()
+        })
+      ),
+      Effect.withSpan("relay.register", { attributes: { "relay.name": config.name } })
     )
     const first = yield* fetch
     yield* Effect.logInfo(
