@@ -13,21 +13,12 @@ import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { promisify } from "node:util"
+import { buildGoProgram } from "../../test/support/goPeers.ts"
 
 const execFileP = promisify(execFile)
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 const goCacheDir = path.join(repoRoot, ".cache")
-
-/** `go build` in GOPATH mode against Debian's /usr/share/gocode (as test/support/goPeers.ts). */
-const goBuildEnv = (): NodeJS.ProcessEnv => ({
-  ...process.env,
-  GO111MODULE: "off",
-  GOPATH: `/usr/share/gocode:${path.join(goCacheDir, "gopath")}`,
-  GOCACHE: path.join(goCacheDir, "go-build"),
-  GOFLAGS: "",
-  CGO_ENABLED: "0"
-})
 
 const newestMtime = async (dir: string, ext: string): Promise<number> => {
   let newest = 0
@@ -42,23 +33,8 @@ const newestMtime = async (dir: string, ext: string): Promise<number> => {
 export type GoProgram = "go-relay" | "go-gateway-multi" | "go-ssh-server"
 
 /** Builds bench/<name> into .cache/go-bin/bench-<name> (when stale); returns the binary path. */
-export const buildGo = async (name: GoProgram): Promise<string> => {
-  const src = path.join(repoRoot, "bench", name)
-  const out = path.join(goCacheDir, "go-bin", `bench-${name}`)
-  const [srcMtime, bin] = await Promise.all([newestMtime(src, ".go"), fs.stat(out).catch(() => undefined)])
-  if (bin !== undefined && bin.mtimeMs >= srcMtime) return out
-  await fs.mkdir(path.dirname(out), { recursive: true })
-  const tmp = `${out}.tmp-${process.pid}`
-  try {
-    await execFileP("go", ["build", "-o", tmp, "."], { cwd: src, env: goBuildEnv(), maxBuffer: 16 << 20 })
-    await fs.rename(tmp, out)
-  } catch (err) {
-    await fs.rm(tmp, { force: true })
-    const e = err as { stderr?: string; message: string }
-    throw new Error(`go build ${name} failed: ${e.stderr ?? e.message}`)
-  }
-  return out
-}
+export const buildGo = (name: GoProgram): Promise<string> =>
+  buildGoProgram(path.join(repoRoot, "bench", name), path.join(goCacheDir, "go-bin", `bench-${name}`))
 
 export const goVersion = async (): Promise<string> => {
   const { stdout } = await execFileP("go", ["version"])

@@ -61,16 +61,19 @@ const newestSourceMtime = async (dir: string): Promise<number> => {
   return newest
 }
 
-const buildOnce = async (name: GoPeerName): Promise<string> => {
-  const srcDir = goSources[name]
-  const out = path.join(goBinDir, name)
+/**
+ * Build the Go program in `srcDir` to `out` unless the binary is newer than every .go file. The
+ * build goes to a private temp file renamed into place: rename(2) is atomic, so a parallel worker
+ * sees either the old or the new complete binary, never a partial one.
+ */
+export const buildGoProgram = async (srcDir: string, out: string): Promise<string> => {
   const [srcMtime, binStat] = await Promise.all([
     newestSourceMtime(srcDir),
     fs.stat(out).catch(() => undefined)
   ])
   if (binStat !== undefined && binStat.mtimeMs >= srcMtime) return out
 
-  await fs.mkdir(goBinDir, { recursive: true })
+  await fs.mkdir(path.dirname(out), { recursive: true })
   const tmp = `${out}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`
   try {
     await execFileP("go", ["build", "-o", tmp, "."], {
@@ -78,16 +81,16 @@ const buildOnce = async (name: GoPeerName): Promise<string> => {
       env: goBuildEnv(),
       maxBuffer: 16 * 1024 * 1024
     })
-    // rename(2) is atomic: a parallel worker sees either the old or the new
-    // complete binary, never a partial one.
     await fs.rename(tmp, out)
   } catch (err) {
     await fs.rm(tmp, { force: true })
     const e = err as { stderr?: string; message: string }
-    throw new Error(`go build ${name} failed: ${e.stderr ?? e.message}`)
+    throw new Error(`go build ${path.basename(srcDir)} failed: ${e.stderr ?? e.message}`)
   }
   return out
 }
+
+const buildOnce = (name: GoPeerName): Promise<string> => buildGoProgram(goSources[name], path.join(goBinDir, name))
 
 const builds = new Map<GoPeerName, Promise<string>>()
 
