@@ -3,8 +3,9 @@
  * succeeds, then every 30 min. Each success logs `Relay is reachable by Infisical`; failures are
  * logged and never stop the relay.
  */
-import { Effect, Layer, Ref, Schedule } from "effect"
+import { Effect, Layer, Metric, Ref, Schedule } from "effect"
 import { ControlPlane } from "./controlplane/ControlPlane.ts"
+import { heartbeatLastSuccess, heartbeats, recordOutcome } from "./observability/ControlPlaneMetrics.ts"
 import { RelayConfig } from "./RelayConfig.ts"
 
 export const HeartbeatLive = Layer.scopedDiscard(
@@ -12,7 +13,8 @@ export const HeartbeatLive = Layer.scopedDiscard(
     const config = yield* RelayConfig
     const controlPlane = yield* ControlPlane
     const succeeded = yield* Ref.make(false)
-    const beat = controlPlane.heartbeat.pipe(
+    yield* Metric.set(heartbeatLastSuccess, 0)
+    const beat = recordOutcome(controlPlane.heartbeat, heartbeats, heartbeatLastSuccess).pipe(
       Effect.tap(() => Effect.logInfo("Relay is reachable by Infisical")),
       Effect.tap(() => Ref.set(succeeded, true)),
       Effect.tapError((e) => Effect.logWarning(`Heartbeat failed: ${e.message}`)),

@@ -12,8 +12,9 @@
  * - Logs as upstream: `Renewing certificates...`, `Certificates renewed successfully`, and
  *   `Certificate renewal goroutine stopping...` at shutdown.
  */
-import { Clock, Duration, Effect, Layer, Schedule } from "effect"
+import { Clock, Duration, Effect, Layer, Metric, Schedule } from "effect"
 import { type CredentialBundle, Credentials } from "./Credentials.ts"
+import { recordOutcome, renewalLastSuccess, renewals } from "./observability/ControlPlaneMetrics.ts"
 import { RelayConfig } from "./RelayConfig.ts"
 
 /** Renew early once less than this fraction of the TLS certificate's lifetime is left. */
@@ -41,10 +42,11 @@ export const RenewalLive = Layer.scopedDiscard(
   Effect.gen(function* () {
     const config = yield* RelayConfig
     const credentials = yield* Credentials
+    yield* Metric.set(renewalLastSuccess, 0)
 
     const renewOnce = Effect.logInfo("Renewing certificates...").pipe(
       Effect.zipRight(
-        credentials.renew.pipe(
+        recordOutcome(credentials.renew, renewals, renewalLastSuccess).pipe(
           Effect.tapError((e) => Effect.logError(`Failed to renew certificates: ${e.message}`)),
           Effect.retry(renewalRetry)
         )

@@ -6,7 +6,8 @@
 import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
 import { NodeContext } from "@effect/platform-node"
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
-import { Duration, Effect, Layer, Option, Redacted, Schema, TestClock } from "effect"
+import { Duration, Effect, Layer, Metric, Option, Redacted, Schema, TestClock } from "effect"
+import { heartbeatLastSuccess, heartbeats, renewalLastSuccess, renewals } from "../../src/observability/ControlPlaneMetrics.ts"
 import { describe, expect, it } from "@effect/vitest"
 import { RelayCredentialsResponse } from "../../src/controlplane/Api.ts"
 import { ControlPlane } from "../../src/controlplane/ControlPlane.ts"
@@ -22,7 +23,7 @@ const exporter = new InMemorySpanExporter()
 const TracingTest = NodeSdk.layer(() => ({ resource: { serviceName: "spans-test" }, spanProcessor: new SimpleSpanProcessor(exporter) }))
 
 describe("spans", () => {
-  it.scoped("registration, heartbeat and renewal are traced", () =>
+  it.scoped("registration, heartbeat and renewal are traced and counted", () =>
     Effect.gen(function* () {
       const cp = yield* DevControlPlane
       // Minted up front, so registering under the TestClock involves no real-time work.
@@ -54,5 +55,12 @@ describe("spans", () => {
       const renewal = spans.find((s) => s.name === "relay.renewCertificates")!
       const nested = spans.filter((s) => s.name === "relay.register" && s.parentSpanContext?.spanId === renewal.spanContext().spanId)
       expect(nested.length).toBe(1)
+      // The same events are counted for /metrics.
+      const beats = yield* Metric.value(Metric.tagged(heartbeats, "outcome", "success"))
+      const renewed = yield* Metric.value(Metric.tagged(renewals, "outcome", "success"))
+      expect(beats.count).toBeGreaterThanOrEqual(1)
+      expect(renewed.count).toBe(1)
+      expect((yield* Metric.value(heartbeatLastSuccess)).value).toBeGreaterThan(0)
+      expect((yield* Metric.value(renewalLastSuccess)).value).toBeGreaterThan(0)
     }).pipe(Effect.provide(Layer.mergeAll(TracingTest, DevControlPlane.layer({ authorities: makeAuthorities() }), NodeContext.layer))), { timeout: 60_000 })
 })
