@@ -236,7 +236,7 @@ describe("a slow reader", () => {
     await drainAndVerify(socket)
   }, 120_000)
 
-  it("in-process, after a GC, the relay holds about one window for the stalled session", async () => {
+  it("in-process: the gateway stops at about one window and the stream still arrives intact", async () => {
     await warmUp(h)
     gc()
     const baseline = process.memoryUsage().arrayBuffers
@@ -244,8 +244,11 @@ describe("a slow reader", () => {
     gc()
     const held = process.memoryUsage().arrayBuffers - baseline
     console.log(`slow reader (in-process): gateway stalled after ${(sent / MiB).toFixed(1)} MiB; buffers held after GC +${(held / MiB).toFixed(1)} MiB`)
+    // The gateway can only have sent the window plus what the sockets on the way hold: that is
+    // what bounds the relay. `held` is process-wide (relay, control plane and test client share
+    // this process), so it is reported, not asserted: +8 MiB on a quiet machine, up to ~30 MiB
+    // seen under load. The subprocess test above bounds the relay's own RSS.
     expect(sent).toBeLessThan(WINDOW + 16 * MiB)
-    expect(held).toBeLessThan(WINDOW + 2 * MiB)
     await drainAndVerify(socket)
   }, 120_000)
 })
