@@ -8,6 +8,7 @@ import * as tls from "node:tls"
 import { Context, Effect, Layer, Redacted, Schema, Stream, SubscriptionRef } from "effect"
 import type { RelayCredentialsResponse } from "./controlplane/Api.ts"
 import { ControlPlane, type ControlPlaneError } from "./controlplane/ControlPlane.ts"
+import { splitPemChain } from "./pki/pem.ts"
 import { RelayConfig } from "./RelayConfig.ts"
 import { parseCertificate, type SshCertificate } from "./ssh/certs.ts"
 import { parseAuthorizedKeyLine, parseOpenSshPrivateKey, type SshPrivateKey } from "./ssh/keys.ts"
@@ -35,15 +36,12 @@ export interface CredentialBundle {
   readonly receivedAt: Date
 }
 
-/** Split concatenated PEM blocks (tolerating whitespace between them). */
-export const splitPem = (pem: string): Array<string> =>
-  pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []
 
 /** Validate a registration response and turn it into a bundle; a bad bundle is never swapped in. */
 export const toBundle = (response: RelayCredentialsResponse, now: Date) =>
   Effect.try({
     try: (): CredentialBundle => {
-      const clientCas = splitPem(response.pki.clientCertificateChain)
+      const clientCas = splitPemChain(response.pki.clientCertificateChain)
       if (clientCas.length === 0) throw new Error("clientCertificateChain holds no certificate")
       const options: tls.SecureContextOptions = {
         cert: response.pki.serverCertificate,

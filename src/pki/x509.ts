@@ -76,10 +76,7 @@ export const pemChain = (certs: ReadonlyArray<x509.X509Certificate>): string =>
     .join("\n")
     .trim()
 
-const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g
-
-/** Splits a concatenated PEM chain into one PEM string per certificate (whitespace tolerant). */
-export const splitPemChain = (pem: string): Array<string> => pem.match(PEM_CERTIFICATE) ?? []
+export { splitPemChain } from "./pem.ts"
 
 // ---------------------------------------------------------------------------------------------
 // Names

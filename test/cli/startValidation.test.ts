@@ -13,6 +13,7 @@ import { resolveStartConfig, StartupError, withApiSuffix } from "../../src/cli/r
 import type { StartFlags } from "../../src/cli/StartOptions.ts"
 import { parseCustomHeaders } from "../../src/cli/customHeaders.ts"
 import type { RelayConfigShape } from "../../src/RelayConfig.ts"
+import { startFlags } from "../support/relayHarness.ts"
 
 const tempHome = () => fs.mkdtempSync(path.join(os.tmpdir(), "relay-cli-"))
 
@@ -32,14 +33,7 @@ const startError = (args: ReadonlyArray<string>, vars: Record<string, string> = 
     })
   )
 
-const noFlags: StartFlags = {
-  name: Option.none(), host: Option.none(), type: Option.none(), enrollMethod: Option.none(), token: Option.none(),
-  relayId: Option.none(), domain: Option.none(), authMethod: Option.none(), clientId: Option.none(),
-  clientSecret: Option.none(), machineIdentityId: Option.none(), serviceAccountTokenPath: Option.none(),
-  serviceAccountKeyFilePath: Option.none(), jwt: Option.none(), sshPort: Option.none(), tlsPort: Option.none(),
-  listenHost: Option.none(), statusAddr: Option.none(), heartbeatInterval: Option.none(),
-  heartbeatRetryInterval: Option.none(), renewInterval: Option.none(), drainTimeout: Option.none()
-}
+const noFlags: StartFlags = startFlags({})
 const flags = (f: Partial<Record<keyof StartFlags, string>>): StartFlags => {
   const out: Record<string, unknown> = { ...noFlags }
   for (const [k, v] of Object.entries(f)) {

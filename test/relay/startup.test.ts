@@ -9,19 +9,18 @@ import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import * as tls from "node:tls"
-import { ConfigProvider, Deferred, Effect, Fiber, Layer, ManagedRuntime, Option, Ref, Schema } from "effect"
+import { ConfigProvider, Deferred, Effect, Fiber, Layer, ManagedRuntime, Ref, Schema } from "effect"
 import { X509Certificate } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { relayLayerWith } from "../../src/App.ts"
 import { startRelay } from "../../src/Cli.ts"
-import type { StartFlags } from "../../src/cli/StartOptions.ts"
 import { RelayCredentialsResponse } from "../../src/controlplane/Api.ts"
 import { ControlPlane } from "../../src/controlplane/ControlPlane.ts"
 import * as ControlPlaneServer from "../../src/dev/ControlPlaneServer.ts"
 import { ControlPlaneEndpoint, DevControlPlane, makeAuthorities } from "../../src/dev/ControlPlaneServer.ts"
 import { relayServerCredentials } from "../../src/dev/relays.ts"
 import { splitPemChain } from "../../src/pki/mint.ts"
-import { freePort } from "../support/relayHarness.ts"
+import { freePort, startFlags } from "../support/relayHarness.ts"
 import { spawnRelay } from "../support/relayProcess.ts"
 
 const SECRET = "startup-test-secret"
@@ -170,26 +169,15 @@ describe("the composed app with a swapped ControlPlane layer", () => {
       register: Ref.update(registrations, (n) => n + 1).pipe(Effect.as(issued)),
       heartbeat: Deferred.succeed(heartbeated, undefined)
     })
-    const tlsPort = await new Promise<number>((resolve) => {
-      const s = net.createServer().listen(0, "127.0.0.1", () => {
-        const port = (s.address() as net.AddressInfo).port
-        s.close(() => resolve(port))
-      })
+    const tlsPort = await freePort()
+    const flags = startFlags({
+      name: "swapped",
+      host: "127.0.0.1",
+      sshPort: "0",
+      tlsPort: String(tlsPort),
+      listenHost: "127.0.0.1",
+      heartbeatRetryInterval: "50ms"
     })
-    const flags: StartFlags = {
-      ...Object.fromEntries(
-        ["name", "host", "type", "enrollMethod", "token", "relayId", "domain", "authMethod", "clientId", "clientSecret",
-          "machineIdentityId", "serviceAccountTokenPath", "serviceAccountKeyFilePath", "jwt", "sshPort", "tlsPort",
-          "listenHost", "statusAddr", "heartbeatInterval", "heartbeatRetryInterval", "renewInterval", "drainTimeout"].map((k) => [k, Option.none()])
-      ),
-      name: Option.some("swapped"),
-      host: Option.some("127.0.0.1"),
-      token: Option.none(),
-      sshPort: Option.some("0"),
-      tlsPort: Option.some(String(tlsPort)),
-      listenHost: Option.some("127.0.0.1"),
-      heartbeatRetryInterval: Option.some("50ms")
-    } as unknown as StartFlags
     const fiber = Effect.runFork(
       startRelay(flags, relayLayerWith(fake)).pipe(
         Effect.provide(Layer.mergeAll(NodeContext.layer, NodeHttpClient.layerUndici)),

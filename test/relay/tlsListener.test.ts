@@ -125,7 +125,7 @@ describe("what the TLS listener presents (checklist 22-24)", () => {
       "s_client", "-connect", `127.0.0.1:${h.tlsPort}`, "-showcerts", "-verify_return_error",
       "-CAfile", file("ca.pem", creds.ca.join("\n")), "-cert", file("c.pem", creds.cert), "-key", file("k.pem", creds.key)
     ])
-    const sent = stdout.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []
+    const sent = splitPemChain(stdout)
     expect(sent).toHaveLength(1)
     const leaf = new x509.X509Certificate(sent[0]!)
     expect(leaf.subject).toBe("CN=127.0.0.1, O=Infisical, OU=Relay")

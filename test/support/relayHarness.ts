@@ -25,6 +25,7 @@ import { startRelay } from "../../src/Cli.ts"
 import type { StartFlags } from "../../src/cli/StartOptions.ts"
 import * as ControlPlaneServer from "../../src/dev/ControlPlaneServer.ts"
 import { ControlPlaneEndpoint, DevControlPlane, makeAuthorities } from "../../src/dev/ControlPlaneServer.ts"
+import { freePort as devFreePort } from "../../src/dev/DevCommand.ts"
 import { DEFAULT_USER_EXTENSIONS, generateRsaSshKey, relativeValidity, sshCertSerial } from "../../src/dev/sshIssue.ts"
 import { RELAY_CONNECTING_GATEWAY_INFO_OID } from "../../src/pki/profile.ts"
 import {
@@ -52,14 +53,8 @@ import { type RelayProcess, spawnRelay } from "./relayProcess.ts"
 
 const SECRET = "harness-relay-secret"
 
-/** A free loopback port (bind 0, read, close). */
-export const freePort = () =>
-  new Promise<number>((resolve) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port
-      s.close(() => resolve(port))
-    })
-  })
+/** A free loopback port (bind 0, read, close), as `relay dev` picks its ports. */
+export const freePort = (): Promise<number> => Effect.runPromise(devFreePort)
 
 const noFlags = [
   "name", "host", "type", "enrollMethod", "token", "relayId", "domain", "authMethod", "clientId", "clientSecret",
