@@ -1,11 +1,15 @@
 /**
  * The byte pump of one routed session (protocol.md §4.2 step 5): client -> gateway until the
  * client's EOF, then CHANNEL_EOF; gateway -> client until the channel's EOF, then the TLS side is
- * ended (close_notify) and both are closed. Either side failing closes both. Backpressure is
- * stream piping: a slow reader on one side stops reads on the other, never buffering without bound.
+ * ended (close_notify) and both are closed. Either side failing closes both.
+ *
+ * Back-pressure, never buffering: a source is paused while its destination's buffer is full, and
+ * while the org's fair-share lane is throttled (FairShare.ts); a paused TLS socket stops reading,
+ * a paused SSH channel stops replenishing the gateway's window.
  */
 import type { Duplex } from "node:stream"
 import { Effect } from "effect"
+import type { FairShare, Lane } from "./FairShare.ts"
 
 export interface PumpResult {
   /** Bytes from the client to the gateway. */
@@ -13,33 +17,97 @@ export interface PumpResult {
   /** Bytes from the gateway to the client. */
   readonly bytesDown: number
   /** Why the session ended. */
-  readonly reason: "completed" | "client-error" | "gateway-error" | "client-closed" | "gateway-closed"
+  readonly reason: "completed" | "client-error" | "gateway-error" | "client-closed" | "gateway-closed" | "idle-timeout"
 }
 
-export const pump = (client: Duplex, gateway: Duplex) =>
+export interface PumpOptions {
+  /** The client certificate's org label: the fair-share lane the session's bytes count against. */
+  readonly org?: string
+  readonly gatewayId?: string
+  /** Close the session after this long without a byte either way; 0 or absent = never. */
+  readonly idleTimeoutMs?: number
+  /** Share bandwidth fairly between orgs; absent = first come, first served. */
+  readonly fairShare?: FairShare
+}
+
+/**
+ * Forward `from` into `to` like `pipe` (end follows end), but with two reasons to pause the source:
+ * the destination's buffer is full, or the lane is throttled. Resumes only when neither holds.
+ */
+const forward = (from: Duplex, to: Duplex, onChunk: (bytes: number) => void, lane: Lane | undefined) => {
+  let awaitingDrain = false
+  let throttled = false
+  const resumeIfClear = () => {
+    if (!awaitingDrain && !throttled && !to.destroyed) from.resume()
+  }
+  const onDrain = () => {
+    awaitingDrain = false
+    resumeIfClear()
+  }
+  const onOpen = () => {
+    throttled = false
+    resumeIfClear()
+  }
+  from.on("data", (chunk: Buffer) => {
+    onChunk(chunk.length)
+    if (!to.write(chunk) && !awaitingDrain) {
+      awaitingDrain = true
+      from.pause()
+      to.once("drain", onDrain)
+    }
+    if (lane !== undefined && !throttled && !lane.charge(chunk.length)) {
+      throttled = true
+      from.pause()
+      lane.whenOpen(onOpen)
+    }
+  })
+  from.once("end", () => to.end())
+}
+
+export const pump = (client: Duplex, gateway: Duplex, options: PumpOptions = {}) =>
   Effect.async<PumpResult>((resume) => {
     let bytesUp = 0
     let bytesDown = 0
+    let lastActivity = Date.now()
     let done = false
-    const countUp = (chunk: Buffer) => {
-      bytesUp += chunk.length
-    }
-    const countDown = (chunk: Buffer) => {
-      bytesDown += chunk.length
+    let idleTimer: NodeJS.Timeout | undefined
+    const lane = options.fairShare?.lane(options.org ?? "")
+
+    const stop = () => {
+      done = true
+      if (idleTimer) clearTimeout(idleTimer)
+      lane?.release()
+      client.destroy()
+      gateway.destroy()
     }
     const finish = (reason: PumpResult["reason"]) => {
       if (done) return
-      done = true
-      client.off("data", countUp)
-      gateway.off("data", countDown)
-      client.destroy()
-      gateway.destroy()
+      stop()
       resume(Effect.succeed({ bytesUp, bytesDown, reason }))
     }
-    client.on("data", countUp)
-    gateway.on("data", countDown)
-    client.pipe(gateway) // ends the channel (CHANNEL_EOF) at the client's EOF
-    gateway.pipe(client) // ends the TLS side at the channel's EOF
+
+    forward(client, gateway, (n) => {
+      bytesUp += n
+      lastActivity = Date.now()
+    }, lane) // ends the channel (CHANNEL_EOF) at the client's EOF
+    forward(gateway, client, (n) => {
+      bytesDown += n
+      lastActivity = Date.now()
+    }, lane) // ends the TLS side at the channel's EOF
+
+    const idleTimeoutMs = options.idleTimeoutMs ?? 0
+    if (idleTimeoutMs > 0) {
+      // One timer per session, re-armed for the remaining time rather than on every chunk.
+      const check = () => {
+        const idleFor = Date.now() - lastActivity
+        if (idleFor >= idleTimeoutMs) return finish("idle-timeout")
+        idleTimer = setTimeout(check, idleTimeoutMs - idleFor)
+        idleTimer.unref()
+      }
+      idleTimer = setTimeout(check, idleTimeoutMs)
+      idleTimer.unref()
+    }
+
     // The session is over once the gateway's side has ended and been written out to the client;
     // a channel that closes after its EOF is that normal end, not an abort.
     client.once("finish", () => finish("completed"))
@@ -50,9 +118,6 @@ export const pump = (client: Duplex, gateway: Duplex) =>
       if (!gateway.readableEnded) finish("gateway-closed")
     })
     return Effect.sync(() => {
-      if (done) return
-      done = true
-      client.destroy()
-      gateway.destroy()
+      if (!done) stop()
     })
   })
