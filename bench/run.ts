@@ -296,7 +296,7 @@ const main = async (): Promise<number> => {
   log(`settings: ${JSON.stringify(settings)}; phases ${[...phases].join(",")}; subjects ${subjects.join(",")}`)
   const [goRelay, gateway, goSsh, relayBin, go] = await Promise.all([
     buildGo("go-relay"),
-    buildGo("go-gateway-multi"),
+    buildGo("gateway"),
     buildGo("go-ssh-server"),
     runnerKind === "tsx" ? Promise.resolve("") : relayBinOption !== undefined ? Promise.resolve(path.resolve(relayBinOption)) : buildRelay(),
     goVersion()

@@ -8,7 +8,7 @@
  *   node --import tsx bench/sshServer.ts --host-cert FILE --host-key FILE [--addr 127.0.0.1:0]
  *
  * Commands on stdin, one per line, each on a new direct-tcpip channel to the most recently
- * authenticated gateway (bench/go-gateway-multi -mode bench):
+ * authenticated gateway (test/go/gateway -mode bench):
  *   DOWN <n>   send "SOURCE <n>\n", read the gateway's n bytes to EOF
  *   UP <n>     send "DISCARD\n" then n bytes, half-close, read the reply
  * stdout: `LISTENING <addr>`, `GATEWAY <user>`, then `DONE bytes=<n> ms=<ms>` or `ERROR <message>`.

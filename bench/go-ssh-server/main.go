@@ -6,7 +6,7 @@
 // twin is bench/sshServer.ts on our src/ssh; bench/run.ts drives both the
 // same way and compares them.
 //
-// The gateway (bench/go-gateway-multi -mode bench) dials in. Commands on
+// The gateway (test/go/gateway -mode bench) dials in. Commands on
 // stdin, one per line, each run on a new direct-tcpip channel to the most
 // recently authenticated gateway:
 //

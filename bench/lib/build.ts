@@ -1,7 +1,8 @@
 /**
  * What the benchmarks run, built once and cached under .cache/ (gitignored):
- * - the Go programs (reference relay, multi-connection gateway, Go SSH server), GOPATH mode
- *   against Debian's x/crypto, rebuilt when a .go source is newer than the binary;
+ * - the Go programs (reference relay, Go SSH server, and the gateway peer test/go/gateway, which
+ *   the tests use too), GOPATH mode against Debian's x/crypto, rebuilt when a .go source is newer
+ *   than the binary;
  * - our relay compiled with the project's own build config (tsconfig.build.json) into
  *   .cache/bench-dist, so the relay subprocess runs plain JavaScript exactly as `npm run build` +
  *   `node bin/infisical.js` would (bin/infisical.js runs dist/bin.js when it exists). Running
@@ -30,11 +31,17 @@ const newestMtime = async (dir: string, ext: string): Promise<number> => {
   return newest
 }
 
-export type GoProgram = "go-relay" | "go-gateway-multi" | "go-ssh-server"
+export type GoProgram = "go-relay" | "gateway" | "go-ssh-server"
 
-/** Builds bench/<name> into .cache/go-bin/bench-<name> (when stale); returns the binary path. */
+const goSources: Record<GoProgram, string> = {
+  "go-relay": path.join(repoRoot, "bench", "go-relay"),
+  gateway: path.join(repoRoot, "test", "go", "gateway"),
+  "go-ssh-server": path.join(repoRoot, "bench", "go-ssh-server")
+}
+
+/** Builds a Go program into .cache/go-bin/bench-<name> (when stale); returns the binary path. */
 export const buildGo = (name: GoProgram): Promise<string> =>
-  buildGoProgram(path.join(repoRoot, "bench", name), path.join(goCacheDir, "go-bin", `bench-${name}`))
+  buildGoProgram(goSources[name], path.join(goCacheDir, "go-bin", `bench-${name}`))
 
 export const goVersion = async (): Promise<string> => {
   const { stdout } = await execFileP("go", ["version"])

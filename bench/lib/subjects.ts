@@ -1,6 +1,6 @@
 /**
  * Starting what is measured: our relay (a `relay start` subprocess registering with the
- * in-process control plane), the Go reference relay, gateways (bench/go-gateway-multi), the delay
+ * in-process control plane), the Go reference relay, gateways (test/go/gateway), the delay
  * proxy and the two SSH-layer servers. Every process is a Proc, so it dies with the run.
  */
 import * as fs from "node:fs"
@@ -109,11 +109,11 @@ export interface Gateway {
 }
 
 /**
- * bench/go-gateway-multi in `-mode bench`: `connections` SSH connections to `sshAddr` (each its own
- * gateway id), and/or a plain TCP listener for the direct baseline.
+ * The gateway peer (test/go/gateway) in `-mode bench`: `connections` SSH connections to `sshAddr`
+ * (each its own gateway id), and/or a plain TCP listener for the direct baseline.
  */
 export const startGateway = async (
-  m: Material,
+  m: Pick<Material, "gateway" | "certFile">,
   bin: string,
   o: { readonly label: string; readonly sshAddr?: string; readonly connections: number; readonly listen?: boolean }
 ): Promise<Gateway> => {

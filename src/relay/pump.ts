@@ -117,6 +117,10 @@ export const pump = (client: Duplex, gateway: Duplex, options: PumpOptions = {})
     gateway.once("close", () => {
       if (!gateway.readableEnded) finish("gateway-closed")
     })
+    // Either side may be gone before the pump starts (a tunnel that died in the same read that
+    // confirmed the channel): its 'close' has already been emitted, so look at its state.
+    if (gateway.destroyed && !gateway.readableEnded) finish("gateway-closed")
+    else if (client.destroyed) finish("client-closed")
     return Effect.sync(() => {
       if (!done) stop()
     })

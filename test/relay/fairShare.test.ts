@@ -116,3 +116,16 @@ describe("pump with fair sharing", () => {
     expect(Date.now() - started).toBeGreaterThanOrEqual(190)
   })
 })
+
+describe("pump start-up", () => {
+  it("ends at once when the gateway's channel died before the pump started", async () => {
+    const silent = () => new Duplex({ read() {}, write(_c, _e, cb) { cb() } })
+    const client = silent()
+    const gateway = silent()
+    gateway.destroy()
+    await new Promise((resolve) => setImmediate(resolve)) // its 'close' is emitted before the pump listens
+    const result = await Effect.runPromise(pump(client, gateway))
+    expect(result.reason).toBe("gateway-closed")
+    expect(client.destroyed).toBe(true)
+  })
+})

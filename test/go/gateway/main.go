@@ -9,10 +9,30 @@
 // relay-opened `direct-tcpip` channel and runs a per-channel handler chosen
 // with -mode.
 //
+// For benchmarks and load tests it also has:
+//
+//   - -connections N with -certs FILE: N gateway SSH connections from one
+//     process, connection i authenticating with the i-th certificate line of
+//     FILE as the user named by that certificate's first principal (one
+//     process instead of N for many idle tunnels); a connection that closes
+//     stays closed and the process keeps running;
+//   - -listen ADDR: the same channel handler also served on a plain TCP
+//     listener, so a client can reach the gateway without a relay (the
+//     "direct" baseline of the benchmarks);
+//   - -mode bench: one handler for every benchmark, chosen per channel by
+//     the client. A channel whose first byte is a TLS handshake record runs
+//     the inner TLS server (ALPN infisical-ping -> PONG), otherwise the first
+//     line is a command: "SOURCE <n>" (write n bytes, the first 256 KiB of
+//     the source stream repeated, then half-close), "DISCARD" (read to EOF,
+//     answer "<n>\n", half-close), "ECHO" (echo until EOF);
+//   - -quiet: no per-channel and keepalive lines.
+//
 // Machine-readable stdout lines (one event per line):
 //
 //	ALGOS kex=<list> ciphers=<list> macs=<list> hostkeys=<list>
-//	READY user=<user> server=<server version>
+//	READY user=<user> server=<server version>   (one per connection)
+//	ALL READY ok=<n> failed=<n>                   (with -certs or -listen, after every connection was tried)
+//	LISTENING <addr>                              (with -listen)
 //	CHANNEL <n> type=direct-tcpip extra=<len of type-specific data>
 //	CHANNEL_DONE <n> in=<bytes read> out=<bytes written> [err=<reason>]
 //	CHANNEL_REJECTED <n> type=direct-tcpip extra=<len>   (-mode=reject)
@@ -21,11 +41,13 @@
 //	OPEN type=<type> result=accepted                           (-open-channels)
 //	OPEN type=<type> result=rejected code=<n> message=<quoted>  (-open-channels)
 //	STATS <json>                  (on SIGUSR1)
-//	CLOSED <reason>
+//	CLOSED <reason>               (one connection)
+//	CLOSED <user> <reason>        (several connections, or -listen; the process keeps running)
 //
 // Exit codes: 0 connection closed by the peer or by a signal, 1 usage or
 // configuration error, 2 dial or SSH handshake failure (error on stderr,
-// e.g. "ssh: handshake failed: ..."), 3 keepalive timeout.
+// e.g. "ssh: handshake failed: ..."), 3 keepalive timeout. With several
+// connections only a signal or a usage error ends the process.
 //
 // Build (GOPATH mode, Debian's x/crypto 0.4.0):
 //
@@ -33,6 +55,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
@@ -185,6 +208,9 @@ type options struct {
 	mode                                                 string
 	tlsCert, tlsKey, tlsClientCA                         string
 	openChannels, globalRequests                         string
+	connections, dialConcurrency                         int
+	certsPath, listenAddr                                string
+	quiet                                                bool
 }
 
 func parseFlags() *options {
@@ -204,16 +230,27 @@ func parseFlags() *options {
 	flag.DurationVar(&o.keepaliveTimeout, "keepalive-timeout", 15*time.Second, "close when a keepalive gets no reply within this time")
 	flag.DurationVar(&o.dialTimeout, "dial-timeout", 30*time.Second, "TCP connect timeout")
 	flag.Uint64Var(&o.rekeyThreshold, "rekey-threshold", 0, "ssh.Config.RekeyThreshold in bytes (0 = x/crypto default; minimum 256)")
-	flag.StringVar(&o.mode, "mode", "echo", "channel handler: echo | tls-ping | sink | source:N | duplex:N | stats | reject")
+	flag.StringVar(&o.mode, "mode", "echo", "channel handler: echo | tls-ping | sink | source:N | duplex:N | stats | reject | bench")
 	flag.StringVar(&o.openChannels, "open-channels", "", "after READY, open a channel of each of these types (comma list) and print OPEN lines")
 	flag.StringVar(&o.globalRequests, "global-requests", "", "after READY, send each of these global requests with want-reply (comma list) and print GLOBAL_REQUEST lines")
+	flag.IntVar(&o.connections, "connections", 1, "number of SSH connections to open (needs -certs when > 1; 0 with -listen)")
+	flag.StringVar(&o.certsPath, "certs", "", "file of certificate lines, one per connection; the user is each cert's first principal")
+	flag.IntVar(&o.dialConcurrency, "dial-concurrency", 16, "SSH handshakes in flight at once")
+	flag.StringVar(&o.listenAddr, "listen", "", "also serve the channel handler on this plain TCP address (direct baseline)")
+	flag.BoolVar(&o.quiet, "quiet", false, "no per-channel CHANNEL / CHANNEL_DONE / KEEPALIVE lines")
 	flag.StringVar(&o.tlsCert, "tls-cert", "", "tls-ping: inner TLS server certificate (PEM)")
 	flag.StringVar(&o.tlsKey, "tls-key", "", "tls-ping: inner TLS server key (PEM)")
 	flag.StringVar(&o.tlsClientCA, "tls-client-ca", "", "tls-ping: client CA bundle (PEM)")
 	flag.Parse()
 
-	if o.addr == "" || o.user == "" || o.certPath == "" || o.keyPath == "" {
-		fail(1, "usage: gateway -addr host:port -user <gatewayId> -cert <cert> -key <key> [options]")
+	if o.connections < 0 || (o.connections > 1 && o.certsPath == "") {
+		fail(1, "-connections > 1 needs -certs")
+	}
+	if o.connections > 0 && (o.addr == "" || o.keyPath == "" || (o.certsPath == "" && (o.user == "" || o.certPath == ""))) {
+		fail(1, "usage: gateway -addr host:port -key <key> (-user <gatewayId> -cert <cert> | -connections N -certs <file>) [options]")
+	}
+	if o.connections == 0 && o.listenAddr == "" {
+		fail(1, "-connections 0 needs -listen")
 	}
 	if o.hostPrincipal == "" {
 		// The real gateway passes its dial address ("<relayHost>:2222") to
@@ -250,7 +287,18 @@ func filterAlgos(kind, list string, supported map[string]bool) []string {
 // ---------------------------------------------------------------------------
 // SSH client, configured like the real gateway's createSSHConfig
 
-func clientConfig(o *options) *ssh.ClientConfig {
+// identity is one gateway connection's user and certificate.
+type identity struct {
+	user string
+	cfg  *ssh.ClientConfig
+}
+
+// clientConfigs returns one client config per connection: the -cert/-user
+// pair, or one per certificate line of -certs (user = first principal).
+func clientConfigs(o *options) []identity {
+	if o.connections == 0 {
+		return nil
+	}
 	keyPEM, err := os.ReadFile(o.keyPath)
 	if err != nil {
 		fail(1, "read key: %v", err)
@@ -259,21 +307,27 @@ func clientConfig(o *options) *ssh.ClientConfig {
 	if err != nil {
 		fail(1, "failed to parse SSH private key: %v", err)
 	}
-	certLine, err := os.ReadFile(o.certPath)
-	if err != nil {
-		fail(1, "read cert: %v", err)
-	}
-	pub, _, _, _, err := ssh.ParseAuthorizedKey(certLine)
-	if err != nil {
-		fail(1, "failed to parse certificate: %v", err)
-	}
-	cert, ok := pub.(*ssh.Certificate)
-	if !ok {
-		fail(1, "parsed key is not an SSH certificate, got type: %T", pub)
-	}
-	certSigner, err := ssh.NewCertSigner(cert, signer)
-	if err != nil {
-		fail(1, "failed to create certificate signer: %v", err)
+	var lines [][]byte
+	if o.certsPath != "" {
+		all, err := os.ReadFile(o.certsPath)
+		if err != nil {
+			fail(1, "read certs: %v", err)
+		}
+		for _, line := range bytes.Split(all, []byte("\n")) {
+			if len(bytes.TrimSpace(line)) > 0 {
+				lines = append(lines, line)
+			}
+		}
+		if len(lines) < o.connections {
+			fail(1, "-certs has %d certificates, -connections wants %d", len(lines), o.connections)
+		}
+		lines = lines[:o.connections]
+	} else {
+		line, err := os.ReadFile(o.certPath)
+		if err != nil {
+			fail(1, "read cert: %v", err)
+		}
+		lines = [][]byte{line}
 	}
 
 	var caKey ssh.PublicKey
@@ -286,27 +340,57 @@ func clientConfig(o *options) *ssh.ClientConfig {
 			fail(1, "failed to parse CA public key: %v", err)
 		}
 	}
-
-	cfg := &ssh.ClientConfig{
-		User:            o.user,
-		Auth:            []ssh.AuthMethod{ssh.PublicKeys(certSigner)},
-		HostKeyCallback: hostKeyCallback(caKey, o.skipHostCertCheck),
-		Timeout:         o.dialTimeout,
-		Config: ssh.Config{
-			KeyExchanges:   filterAlgos("key exchange", o.kex, supportedKex),
-			Ciphers:        filterAlgos("cipher", o.ciphers, supportedCiphers),
-			MACs:           filterAlgos("MAC", o.macs, supportedMACs),
-			RekeyThreshold: o.rekeyThreshold,
-		},
-	}
+	kex := filterAlgos("key exchange", o.kex, supportedKex)
+	ciphers := filterAlgos("cipher", o.ciphers, supportedCiphers)
+	macs := filterAlgos("MAC", o.macs, supportedMACs)
+	var hostKeyAlgos []string
 	hostKeys := "default"
 	if o.hostKeyAlgos != "default" {
-		cfg.HostKeyAlgorithms = filterAlgos("host key algorithm", o.hostKeyAlgos, supportedHostKeyAlgos)
-		hostKeys = strings.Join(cfg.HostKeyAlgorithms, ",")
+		hostKeyAlgos = filterAlgos("host key algorithm", o.hostKeyAlgos, supportedHostKeyAlgos)
+		hostKeys = strings.Join(hostKeyAlgos, ",")
+	}
+
+	out := make([]identity, 0, len(lines))
+	for i, line := range lines {
+		pub, _, _, _, err := ssh.ParseAuthorizedKey(line)
+		if err != nil {
+			if o.certsPath != "" {
+				fail(1, "failed to parse certificate %d of -certs: %v", i, err)
+			}
+			fail(1, "failed to parse certificate: %v", err)
+		}
+		cert, ok := pub.(*ssh.Certificate)
+		if !ok {
+			fail(1, "parsed key is not an SSH certificate, got type: %T", pub)
+		}
+		certSigner, err := ssh.NewCertSigner(cert, signer)
+		if err != nil {
+			fail(1, "failed to create certificate signer: %v", err)
+		}
+		user := o.user
+		if o.certsPath != "" {
+			if len(cert.ValidPrincipals) == 0 {
+				fail(1, "certificate %d has no principal to use as the user", i)
+			}
+			user = cert.ValidPrincipals[0]
+		}
+		out = append(out, identity{user: user, cfg: &ssh.ClientConfig{
+			User:              user,
+			Auth:              []ssh.AuthMethod{ssh.PublicKeys(certSigner)},
+			HostKeyCallback:   hostKeyCallback(caKey, o.skipHostCertCheck),
+			HostKeyAlgorithms: hostKeyAlgos,
+			Timeout:           o.dialTimeout,
+			Config: ssh.Config{
+				KeyExchanges:   kex,
+				Ciphers:        ciphers,
+				MACs:           macs,
+				RekeyThreshold: o.rekeyThreshold,
+			},
+		}})
 	}
 	emit("ALGOS kex=%s ciphers=%s macs=%s hostkeys=%s",
-		strings.Join(cfg.KeyExchanges, ","), strings.Join(cfg.Ciphers, ","), strings.Join(cfg.MACs, ","), hostKeys)
-	return cfg
+		strings.Join(kex, ","), strings.Join(ciphers, ","), strings.Join(macs, ","), hostKeys)
+	return out
 }
 
 // hostKeyCallback mirrors the real gateway: the host key must be a
@@ -348,38 +432,13 @@ const (
 func main() {
 	o := parseFlags()
 	handler := channelHandler(o)
-	cfg := clientConfig(o)
+	ids := clientConfigs(o)
+	multi := len(ids) > 1 || o.listenAddr != ""
 
-	conn, err := net.DialTimeout("tcp", o.addr, o.dialTimeout)
-	if err != nil {
-		fail(exitHandshake, "dial %s: %v", o.addr, err)
+	var exitOnce sync.Once
+	exit := func(code int) {
+		exitOnce.Do(func() { os.Exit(code) })
 	}
-	// ssh.Dial(addr) would pass addr to the host-key callback; passing the
-	// principal instead lets tests dial a random port while the certificate
-	// keeps the production form "<host>:2222".
-	sshConn, chans, reqs, err := ssh.NewClientConn(conn, o.hostPrincipal, cfg)
-	if err != nil {
-		conn.Close()
-		fail(exitHandshake, "%v", err)
-	}
-	client := ssh.NewClient(sshConn, chans, reqs)
-
-	// Like the real gateway: only direct-tcpip opens are handled; x/crypto
-	// rejects every other channel type the relay might open with
-	// UnknownChannelType.
-	channels := client.HandleChannelOpen("direct-tcpip")
-	emit("READY user=%s server=%s", o.user, string(client.ServerVersion()))
-
-	var closeOnce sync.Once
-	closeWith := func(reason string, code int) {
-		closeOnce.Do(func() {
-			client.Close()
-			emit("CLOSED %s", reason)
-			os.Exit(code)
-		})
-	}
-
-	go keepalive(client, o.keepaliveInterval, o.keepaliveTimeout, closeWith)
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1)
@@ -389,58 +448,131 @@ func main() {
 				emit("STATS %s", snapshot())
 				continue
 			}
-			closeWith("signal", exitClosed)
+			emit("CLOSED signal")
+			exit(exitClosed)
 		}
 	}()
 
 	var n int64
-	go func() {
-		for nc := range channels {
-			id := atomic.AddInt64(&n, 1)
-			if o.mode == "reject" {
-				extra := len(nc.ExtraData())
-				nc.Reject(ssh.Prohibited, "rejected by test gateway")
-				emit("CHANNEL_REJECTED %d type=%s extra=%d", id, nc.ChannelType(), extra)
-				continue
-			}
-			go serveChannel(id, nc, handler)
+	serve := func(nc ssh.NewChannel) {
+		id := atomic.AddInt64(&n, 1)
+		if o.mode == "reject" {
+			extra := len(nc.ExtraData())
+			nc.Reject(ssh.Prohibited, "rejected by test gateway")
+			emit("CHANNEL_REJECTED %d type=%s extra=%d", id, nc.ChannelType(), extra)
+			return
 		}
-	}()
-
-	// Probes of the relay's connection-protocol policy, in order, after READY.
-	go func() {
-		for _, name := range splitList(o.globalRequests) {
-			start := time.Now()
-			ok, _, err := client.SendRequest(name, true, nil)
-			if err != nil {
-				emit("GLOBAL_REQUEST name=%s error=%s", name, strconv.Quote(err.Error()))
-				continue
-			}
-			emit("GLOBAL_REQUEST name=%s reply=%t rtt_ms=%.3f", name, ok, float64(time.Since(start).Microseconds())/1000)
-		}
-		for _, typ := range splitList(o.openChannels) {
-			ch, reqs, err := client.OpenChannel(typ, nil)
-			if err == nil {
-				go ssh.DiscardRequests(reqs)
-				ch.Close()
-				emit("OPEN type=%s result=accepted", typ)
-				continue
-			}
-			var oce *ssh.OpenChannelError
-			if errors.As(err, &oce) {
-				emit("OPEN type=%s result=rejected code=%d message=%s", typ, uint32(oce.Reason), strconv.Quote(oce.Message))
-			} else {
-				emit("OPEN type=%s result=error message=%s", typ, strconv.Quote(err.Error()))
-			}
-		}
-	}()
-
-	err = client.Wait()
-	reason := "eof"
-	if err != nil && !errors.Is(err, io.EOF) {
-		reason = "error: " + err.Error()
+		go serveChannel(id, nc, handler, o.quiet)
 	}
-	closeWith(reason, exitClosed)
+
+	if o.listenAddr != "" {
+		ln, err := net.Listen("tcp", o.listenAddr)
+		if err != nil {
+			fail(exitUsage, "listen %s: %v", o.listenAddr, err)
+		}
+		emit("LISTENING %s", ln.Addr())
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					fail(exitUsage, "accept: %v", err)
+				}
+				id := atomic.AddInt64(&n, 1)
+				go serveStream(id, c.(*net.TCPConn), handler, o.quiet)
+			}
+		}()
+	}
+
+	// Dial every connection, at most dialConcurrency handshakes at once.
+	var wg sync.WaitGroup
+	var ok, failed int64
+	sem := make(chan struct{}, max(1, o.dialConcurrency))
+	for _, id := range ids {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(id identity) {
+			defer wg.Done()
+			client, err := dial(o, id)
+			<-sem
+			if err != nil {
+				atomic.AddInt64(&failed, 1)
+				if !multi {
+					fail(exitHandshake, "%v", err)
+				}
+				fmt.Fprintf(os.Stderr, "%s: %v\n", id.user, err)
+				return
+			}
+			atomic.AddInt64(&ok, 1)
+			// Like the real gateway: only direct-tcpip opens are handled;
+			// x/crypto rejects every other channel type the relay might open
+			// with UnknownChannelType.
+			channels := client.HandleChannelOpen("direct-tcpip")
+			emit("READY user=%s server=%s", id.user, string(client.ServerVersion()))
+			// Once per connection: a keepalive timeout closes the client,
+			// which ends Wait too; only the first reason is reported.
+			var closeOnce sync.Once
+			closeWith := func(reason string, code int) {
+				closeOnce.Do(func() {
+					client.Close()
+					if multi {
+						emit("CLOSED %s %s", id.user, reason)
+						return
+					}
+					emit("CLOSED %s", reason)
+					exit(code)
+				})
+			}
+			go keepalive(client, o.keepaliveInterval, o.keepaliveTimeout, o.quiet, closeWith)
+			go func() {
+				for nc := range channels {
+					serve(nc)
+				}
+			}()
+			go probe(client, o)
+			go func() {
+				err := client.Wait()
+				reason := "eof"
+				if err != nil && !errors.Is(err, io.EOF) {
+					reason = "error: " + err.Error()
+				}
+				closeWith(reason, exitClosed)
+			}()
+		}(id)
+	}
+	wg.Wait()
+	if o.certsPath != "" || o.listenAddr != "" {
+		emit("ALL READY ok=%d failed=%d", ok, failed)
+	}
+	select {}
+}
+
+// probe runs the probes of the relay's connection-protocol policy, in
+// order, after READY: -global-requests, then -open-channels.
+func probe(client *ssh.Client, o *options) {
+	for _, name := range splitList(o.globalRequests) {
+		start := time.Now()
+		ok, _, err := client.SendRequest(name, true, nil)
+		if err != nil {
+			emit("GLOBAL_REQUEST name=%s error=%s", name, strconv.Quote(err.Error()))
+			continue
+		}
+		emit("GLOBAL_REQUEST name=%s reply=%t rtt_ms=%.3f", name, ok, float64(time.Since(start).Microseconds())/1000)
+	}
+	for _, typ := range splitList(o.openChannels) {
+		ch, reqs, err := client.OpenChannel(typ, nil)
+		if err == nil {
+			go ssh.DiscardRequests(reqs)
+			ch.Close()
+			emit("OPEN type=%s result=accepted", typ)
+			continue
+		}
+		var oce *ssh.OpenChannelError
+		if errors.As(err, &oce) {
+			emit("OPEN type=%s result=rejected code=%d message=%s", typ, uint32(oce.Reason), strconv.Quote(oce.Message))
+		} else {
+			emit("OPEN type=%s result=error message=%s", typ, strconv.Quote(err.Error()))
+		}
+	}
 }
 
 func splitList(list string) []string {
@@ -453,10 +585,33 @@ func splitList(list string) []string {
 	return out
 }
 
+func max(a, b int) int {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+func dial(o *options, id identity) (*ssh.Client, error) {
+	conn, err := net.DialTimeout("tcp", o.addr, o.dialTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %v", o.addr, err)
+	}
+	// ssh.Dial(addr) would pass addr to the host-key callback; passing the
+	// principal instead lets tests dial a random port while the certificate
+	// keeps the production form "<host>:2222".
+	sshConn, chans, reqs, err := ssh.NewClientConn(conn, o.hostPrincipal, id.cfg)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return ssh.NewClient(sshConn, chans, reqs), nil
+}
+
 // keepalive mirrors the real gateway: every interval send
 // keepalive@openssh.com with want-reply; any reply (success or failure)
 // proves the relay alive, no reply within timeout closes the connection.
-func keepalive(client *ssh.Client, interval, timeout time.Duration, closeWith func(string, int)) {
+func keepalive(client *ssh.Client, interval, timeout time.Duration, quiet bool, closeWith func(string, int)) {
 	if interval <= 0 {
 		return
 	}
@@ -487,7 +642,9 @@ func keepalive(client *ssh.Client, interval, timeout time.Duration, closeWith fu
 			} else {
 				atomic.AddInt64(&counters.KeepaliveFalse, 1)
 			}
-			emit("KEEPALIVE reply=%t rtt_ms=%.3f", r.ok, float64(time.Since(start).Microseconds())/1000)
+			if !quiet {
+				emit("KEEPALIVE reply=%t rtt_ms=%.3f", r.ok, float64(time.Since(start).Microseconds())/1000)
+			}
 		case <-timer.C:
 			fmt.Fprintf(os.Stderr, "keepalive: no reply within %v, closing connection\n", timeout)
 			closeWith("keepalive-timeout", exitKeepaliveTimeout)
@@ -499,21 +656,30 @@ func keepalive(client *ssh.Client, interval, timeout time.Duration, closeWith fu
 // ---------------------------------------------------------------------------
 // channels
 
+// stream is what a handler runs on: an SSH channel, or a TCP connection
+// accepted on -listen.
+type stream interface {
+	io.Reader
+	io.Writer
+	CloseWrite() error
+	Close() error
+}
+
 // countingChannel counts payload bytes in both directions.
 type countingChannel struct {
-	ssh.Channel
+	stream
 	in, out int64
 }
 
 func (c *countingChannel) Read(p []byte) (int, error) {
-	n, err := c.Channel.Read(p)
+	n, err := c.stream.Read(p)
 	c.in += int64(n)
 	atomic.AddInt64(&counters.BytesIn, int64(n))
 	return n, err
 }
 
 func (c *countingChannel) Write(p []byte) (int, error) {
-	n, err := c.Channel.Write(p)
+	n, err := c.stream.Write(p)
 	atomic.AddInt64(&c.out, int64(n))
 	atomic.AddInt64(&counters.BytesOut, int64(n))
 	return n, err
@@ -521,7 +687,7 @@ func (c *countingChannel) Write(p []byte) (int, error) {
 
 type handlerFunc func(ch *countingChannel) error
 
-func serveChannel(id int64, nc ssh.NewChannel, handle handlerFunc) {
+func serveChannel(id int64, nc ssh.NewChannel, handle handlerFunc, quiet bool) {
 	// The real gateway accepts every direct-tcpip channel without looking at
 	// the type-specific data (the relay sends none).
 	extra := len(nc.ExtraData())
@@ -531,14 +697,22 @@ func serveChannel(id int64, nc ssh.NewChannel, handle handlerFunc) {
 		return
 	}
 	go ssh.DiscardRequests(reqs)
+	if !quiet {
+		emit("CHANNEL %d type=%s extra=%d", id, nc.ChannelType(), extra)
+	}
+	serveStream(id, ch, handle, quiet)
+}
+
+func serveStream(id int64, st stream, handle handlerFunc, quiet bool) {
 	atomic.AddInt64(&counters.ChannelsOpened, 1)
 	atomic.AddInt64(&counters.ChannelsActive, 1)
-	emit("CHANNEL %d type=%s extra=%d", id, nc.ChannelType(), extra)
-
-	cc := &countingChannel{Channel: ch}
-	err = handle(cc)
-	ch.Close()
+	cc := &countingChannel{stream: st}
+	err := handle(cc)
+	st.Close()
 	atomic.AddInt64(&counters.ChannelsActive, -1)
+	if quiet {
+		return
+	}
 	if err != nil {
 		emit("CHANNEL_DONE %d in=%d out=%d err=%s", id, cc.in, atomic.LoadInt64(&cc.out), strconv.Quote(err.Error()))
 	} else {
@@ -574,6 +748,9 @@ func channelHandler(o *options) handlerFunc {
 	case o.mode == "tls-ping":
 		cfg := innerTLSConfig(o)
 		return func(ch *countingChannel) error { return tlsPing(ch, cfg) }
+	case o.mode == "bench":
+		cfg := innerTLSConfig(o)
+		return func(ch *countingChannel) error { return bench(ch, cfg) }
 	}
 	fail(exitUsage, "unknown -mode %q", o.mode)
 	return nil
@@ -615,7 +792,7 @@ func sourceStream() cipher.Stream {
 
 // source writes n bytes of the deterministic stream, half-closes, and
 // discards whatever the peer sends until it half-closes too.
-func source(ch *countingChannel, n int64) error {
+func source(ch stream, n int64) error {
 	drained := make(chan error, 1)
 	go func() {
 		_, err := io.Copy(io.Discard, ch)
@@ -740,7 +917,7 @@ func firstCertificate(pemBytes []byte) ([]byte, error) {
 // channelConn adapts an SSH channel to net.Conn for crypto/tls (the real
 // gateway's virtualConnection does the same).
 type channelConn struct {
-	ssh.Channel
+	stream
 }
 
 type channelAddr struct{}
@@ -759,7 +936,7 @@ func (c channelConn) SetWriteDeadline(t time.Time) error { return nil }
 // infisical-health writes the health JSON line. The real gateway then
 // returns and its deferred channel.Close() ends the channel without a TLS
 // close_notify; this peer does the same.
-func tlsPing(ch *countingChannel, cfg *tls.Config) error {
+func tlsPing(ch stream, cfg *tls.Config) error {
 	conn := tls.Server(channelConn{ch}, cfg)
 	if err := conn.Handshake(); err != nil {
 		atomic.AddInt64(&counters.TLSFailures, 1)
@@ -776,4 +953,104 @@ func tlsPing(ch *countingChannel, cfg *tls.Config) error {
 	default:
 		return fmt.Errorf("unsupported ALPN %q", proto)
 	}
+}
+
+// ---------------------------------------------------------------------------
+// -mode=bench: the handler is chosen per channel by what the client sends.
+
+// prefixed is a stream whose reads go through a bufio.Reader that has
+// already peeked at the first bytes.
+type prefixed struct {
+	stream
+	r *bufio.Reader
+}
+
+func (p prefixed) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+func bench(ch *countingChannel, cfg *tls.Config) error {
+	r := bufio.NewReaderSize(ch, 64*1024)
+	first, err := r.Peek(1)
+	if err != nil {
+		return err
+	}
+	if first[0] == 0x16 { // TLS handshake record: the inner TLS server
+		return tlsPing(prefixed{ch, r}, cfg)
+	}
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("reading command: %v", err)
+	}
+	fields := strings.Fields(line)
+	if len(fields) == 0 {
+		return fmt.Errorf("empty command")
+	}
+	switch fields[0] {
+	case "SOURCE":
+		if len(fields) != 2 {
+			return fmt.Errorf("want SOURCE <bytes>")
+		}
+		n, err := strconv.ParseInt(fields[1], 10, 64)
+		if err != nil || n < 0 {
+			return fmt.Errorf("bad SOURCE size %q", fields[1])
+		}
+		return sourceFast(prefixed{ch, r}, n)
+	case "DISCARD":
+		buf := make([]byte, 64*1024)
+		var total int64
+		for {
+			k, err := r.Read(buf)
+			total += int64(k)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if _, err := fmt.Fprintf(ch, "%d\n", total); err != nil {
+			return err
+		}
+		return ch.CloseWrite()
+	case "ECHO":
+		_, err := io.Copy(ch, r)
+		if cerr := ch.CloseWrite(); err == nil {
+			err = cerr
+		}
+		return err
+	}
+	return fmt.Errorf("unknown command %q", fields[0])
+}
+
+// sourcePattern is the first 256 KiB of the source stream, computed once:
+// the benchmark's SOURCE writes it over and over, so the gateway spends its
+// CPU on SSH (or TCP) and not on generating bytes. Go 1.19's AES-CTR is
+// generic code, slow enough to bias a benchmark on a small machine.
+var sourcePattern = func() []byte {
+	buf := make([]byte, 256*1024)
+	sourceStream().XORKeyStream(buf, buf)
+	return buf
+}()
+
+// sourceFast writes n bytes of sourcePattern (repeated), half-closes, and
+// discards whatever the peer sends until it half-closes too.
+func sourceFast(ch stream, n int64) error {
+	drained := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, ch)
+		drained <- err
+	}()
+	for n > 0 {
+		chunk := sourcePattern
+		if int64(len(chunk)) > n {
+			chunk = chunk[:n]
+		}
+		if _, err := ch.Write(chunk); err != nil {
+			return err
+		}
+		n -= int64(len(chunk))
+	}
+	if err := ch.CloseWrite(); err != nil {
+		return err
+	}
+	return <-drained
 }
