@@ -15,6 +15,8 @@ import { StatusServerLive } from "./observability/StatusServer.ts"
 import { RelayConfig, type RelayConfigShape } from "./RelayConfig.ts"
 import { RenewalLive } from "./Renewal.ts"
 import { Drain } from "./relay/Drain.ts"
+import { defaultLimitsSource, describeLimits, Limits, makeLimits } from "./relay/Limits.ts"
+import { reloadLimitsOnSighup } from "./relay/LimitsReload.ts"
 import { SshListenerLive } from "./relay/SshListener.ts"
 import { TlsListenerLive } from "./relay/TlsListener.ts"
 import { TunnelsLive } from "./relay/Tunnels.ts"
@@ -36,7 +38,8 @@ export const relayLayerWith =
 
 /**
  * Start a relay inside the current scope: the status server first (so a stuck registration is
- * visible), then the relay's layers; ready once both listeners are bound.
+ * visible), then the relay's layers; ready once both listeners are bound. SIGHUP reloads the
+ * limits file from the start on (it never stops the process, whatever phase the relay is in).
  */
 export const startRelayLayers = <E, R>(config: RelayConfigShape, layer: Layer.Layer<never, E, R>) =>
   Effect.gen(function* () {
@@ -46,7 +49,10 @@ export const startRelayLayers = <E, R>(config: RelayConfigShape, layer: Layer.La
       yield* Layer.build(StatusServerLive(config.statusAddress.value).pipe(Layer.provide(withReadiness)))
     }
     const drain = yield* Drain.make
-    yield* Layer.build(layer.pipe(Layer.provide(Layer.succeed(Drain, drain))))
+    const limitsSource = config.limits ?? defaultLimitsSource
+    const limits = yield* makeLimits(limitsSource.initial)
+    yield* reloadLimitsOnSighup(limits, limitsSource)
+    yield* Layer.build(layer.pipe(Layer.provide(Layer.mergeAll(Layer.succeed(Drain, drain), Layer.succeed(Limits, limits)))))
     // Added after the relay's layers, so it runs before any of them is torn down.
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
@@ -60,7 +66,10 @@ export const startRelayLayers = <E, R>(config: RelayConfigShape, layer: Layer.La
       })
     )
     yield* readiness.markReady
-    yield* Effect.logInfo("Relay server started successfully")
+    // The effective limits go in the start-up line rather than in /metrics (kept lean).
+    yield* Effect.logInfo("Relay server started successfully").pipe(
+      Effect.annotateLogs({ limits: describeLimits(yield* limits.get) })
+    )
     // systemd (Type=notify): READY=1 now, STOPPING=1 first thing at shutdown; only with NOTIFY_SOCKET.
     yield* notifyReadyUntilStopping
     return readiness

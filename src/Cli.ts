@@ -5,6 +5,7 @@
 import { Command, Options } from "@effect/cli"
 import { Config, Duration, Effect, Layer, Option } from "effect"
 import { relayLayer, startRelayLayers } from "./App.ts"
+import { IdleGcLive } from "./runtime/IdleGc.ts"
 import { freePort, runDev } from "./dev/DevCommand.ts"
 import { parseListenAddress, resolveStartConfig, StartupError } from "./cli/resolveStartConfig.ts"
 import { type StartFlags, startOptions } from "./cli/StartOptions.ts"
@@ -65,18 +66,21 @@ const loggingOf = (root: {
  * Run the relay until interrupted. A hard deadline backs the drain: if shutdown takes longer than
  * the drain timeout plus 10 s (a stuck finalizer), the process exits 1.
  */
-export const runRelay = <E, R>(config: RelayConfigShape, layer: Layer.Layer<never, E, R>) =>
-  Effect.scoped(
+export const runRelay = <E, R>(config: RelayConfigShape, layer: Layer.Layer<never, E, R>) => {
+  let deadline: NodeJS.Timeout | undefined
+  return Effect.scoped(
     Effect.gen(function* () {
       yield* startRelayLayers(config, layer)
+      // Runs first at shutdown; cleared once shutdown has finished (a test process runs on).
       yield* Effect.addFinalizer(() =>
         Effect.sync(() => {
-          setTimeout(() => process.exit(1), Duration.toMillis(config.drainTimeout) + 10_000).unref()
+          deadline = setTimeout(() => process.exit(1), Duration.toMillis(config.drainTimeout) + 10_000).unref()
         })
       )
       return yield* Effect.never
     })
-  )
+  ).pipe(Effect.ensuring(Effect.sync(() => clearTimeout(deadline))))
+}
 
 /** The `relay start` handler body, with the layer graph as a parameter so tests can swap it. */
 export const startRelay = <E, R>(
@@ -91,7 +95,10 @@ export const startRelay = <E, R>(
 const start = Command.make("start", startOptions, (flags) =>
   Effect.gen(function* () {
     const root = yield* infisical
-    return yield* startRelay(flags, relayLayer).pipe(Effect.provide(LoggingLive(loggingOf(root))))
+    // The process gives memory back when it goes quiet (src/runtime/IdleGc.ts); tests running many
+    // relays in one process leave that to the process.
+    const withIdleGc = (config: RelayConfigShape) => Layer.merge(relayLayer(config), IdleGcLive())
+    return yield* startRelay(flags, withIdleGc).pipe(Effect.provide(LoggingLive(loggingOf(root))))
   })
 ).pipe(Command.withDescription("Start an Infisical relay"))
 

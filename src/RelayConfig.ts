@@ -3,6 +3,7 @@
  * Built once by the CLI (src/cli/resolveStartConfig.ts) and provided to every layer.
  */
 import { Context, Data, Duration, Layer, type Option, type Redacted } from "effect"
+import type { LimitsSource } from "./relay/Limits.ts"
 
 export type MachineIdentityCredentials = Data.TaggedEnum<{
   "universal-auth": { readonly clientId: string; readonly clientSecret: Redacted.Redacted<string> }
@@ -79,6 +80,8 @@ export interface RelayConfigShape {
   readonly renewEvery: Duration.Duration
   /** How long live sessions get to finish after SIGTERM/SIGINT before they are closed. */
   readonly drainTimeout: Duration.Duration
+  /** Admission limits and where they come from (src/relay/Limits.ts); absent = the defaults, no limits file. */
+  readonly limits?: LimitsSource
 }
 
 export class RelayConfig extends Context.Tag("relay/RelayConfig")<RelayConfig, RelayConfigShape>() {

@@ -50,7 +50,11 @@ export const startOurRelay = async (m: Material, o: OurRelayOptions): Promise<Re
       PATH: process.env["PATH"] ?? "",
       HOME: home,
       INFISICAL_RELAY_STATE_DIR: path.join(home, "state"),
-      INFISICAL_RELAY_AUTH_SECRET: RELAY_SECRET
+      INFISICAL_RELAY_AUTH_SECRET: RELAY_SECRET,
+      // Every benchmark peer dials from 127.0.0.1: per-address accept rates would refuse the 500
+      // idle gateways (env, not flags, so that a --relay-bin of an older build still starts).
+      INFISICAL_RELAY_SSH_ACCEPT_RATE: "0",
+      INFISICAL_RELAY_TLS_ACCEPT_RATE: "0"
     }
   })
   const tls = proc.waitFor(/TLS server listening on 127\.0\.0\.1:(\d+) for clients/, { timeoutMs: 60_000 })

@@ -8,6 +8,7 @@
  */
 import { Options } from "@effect/cli"
 import type { Option, Redacted } from "effect"
+import { limitHelp, limitSpecs, type RelayLimits } from "../relay/Limits.ts"
 
 const text = (name: string, description: string) =>
   Options.text(name).pipe(Options.optional, Options.withDescription(description))
@@ -83,11 +84,20 @@ export const startOptions = {
   drainTimeout: text(
     "drain-timeout",
     "On SIGTERM/SIGINT, how long live sessions get to finish before they are closed (env INFISICAL_RELAY_DRAIN_TIMEOUT, default 30s)."
-  )
+  ),
+  limitsFile: text(
+    "limits-file",
+    "JSON file of limits keyed by flag name, e.g. {\"max-tunnels\": 500}; overrides the flags below, re-read on SIGHUP " +
+      "(env INFISICAL_RELAY_LIMITS_FILE)."
+  ),
+  // Admission limits (src/relay/Limits.ts), one flag each.
+  ...(Object.fromEntries(limitSpecs.map((spec) => [spec.field, text(spec.flag, limitHelp(spec))])) as Record<
+    keyof RelayLimits,
+    Options.Options<Option.Option<string>>
+  >)
 } as const
 
-/** What @effect/cli hands the `start` handler. */
-export interface StartFlags {
+interface StartFlagsBase {
   readonly name: Option.Option<string>
   readonly host: Option.Option<string>
   readonly type: Option.Option<string>
@@ -110,4 +120,8 @@ export interface StartFlags {
   readonly heartbeatRetryInterval: Option.Option<string>
   readonly renewInterval: Option.Option<string>
   readonly drainTimeout: Option.Option<string>
+  readonly limitsFile: Option.Option<string>
 }
+
+/** What @effect/cli hands the `start` handler: the flags above, and one per admission limit. */
+export type StartFlags = StartFlagsBase & { readonly [K in keyof RelayLimits]: Option.Option<string> }

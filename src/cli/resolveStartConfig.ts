@@ -15,8 +15,10 @@ import {
   RelayMode,
   type RelayConfigShape
 } from "../RelayConfig.ts"
+import { envNameOf, type LimitsSource, limitSpecs, parseLimitText, readLimitsFile, type RelayLimits, defaultRelayLimits } from "../relay/Limits.ts"
 import { readRelayState, relayStatePath, StateKeys } from "../state/RelayStateFile.ts"
 import { parseCustomHeaders } from "./customHeaders.ts"
+import { parseDuration } from "./duration.ts"
 import type { StartFlags } from "./StartOptions.ts"
 
 /** A refusal to start: upstream prints `error: <error>` then each message, and exits 1. */
@@ -112,21 +114,35 @@ const parsePort = (label: string, raw: string) => {
     : fail(`invalid ${label} "${raw}": expected a port number between 0 and 65535`)
 }
 
-/** Go-style durations: `500ms`, `10s`, `30m`, `6h`. */
-export const parseDuration = (raw: string): Duration.Duration | undefined => {
-  const m = /^(\d+)(ms|s|m|h)$/.exec(raw.trim())
-  if (!m) return undefined
-  const n = Number(m[1])
-  const unit = m[2] === "ms" ? "millis" : m[2] === "s" ? "seconds" : m[2] === "m" ? "minutes" : "hours"
-  return n > 0 ? Duration.decode(`${n} ${unit}`) : undefined
-}
-
 const durationSetting = (label: string, flag: Option.Option<string>, envName: string, fallback: Duration.Duration) =>
   Effect.gen(function* () {
     const raw = yield* flagOrEnv(flag, envName)
     if (Option.isNone(raw)) return fallback
     const parsed = parseDuration(raw.value)
     return parsed ?? (yield* fail(`invalid ${label} "${raw.value}": expected a duration such as 10s, 30m or 6h`))
+  })
+
+/**
+ * The admission limits: defaults < env < flags, then the limits file over all of them. A bad value
+ * or a bad file refuses to start, naming the flag (or the file and its key).
+ */
+const resolveLimits = (flags: StartFlags) =>
+  Effect.gen(function* () {
+    const base: Record<string, unknown> = { ...defaultRelayLimits }
+    for (const spec of limitSpecs) {
+      // `?? none`: flag records built by hand (tests) may predate a limit.
+      const raw = yield* flagOrEnv(flags[spec.field] ?? Option.none(), envNameOf(spec))
+      if (Option.isNone(raw)) continue
+      const parsed = parseLimitText(spec, raw.value)
+      if (parsed._tag === "Left") return yield* fail(`invalid --${spec.flag} "${raw.value}": expected ${parsed.left}`)
+      base[spec.field] = parsed.right
+    }
+    const file = Option.getOrUndefined(yield* flagOrEnv(flags.limitsFile ?? Option.none(), "INFISICAL_RELAY_LIMITS_FILE"))
+    const initial = file === undefined
+      ? (base as unknown as RelayLimits)
+      : yield* readLimitsFile(file, base as unknown as RelayLimits).pipe(Effect.mapError((e) => new StartupError({ error: e.message, messages: [] })))
+    const source: LimitsSource = { base: base as unknown as RelayLimits, file, initial }
+    return source
   })
 
 /** `host:port`, `[v6]:port` or `:port` (loopback by default: status pages are not for the internet). */
@@ -347,6 +363,8 @@ export const resolveStartConfig = (flags: StartFlags) =>
       defaultTimers.drainTimeout
     )
 
+    const limits = yield* resolveLimits(flags)
+
     const config: RelayConfigShape = {
       name: relayName,
       mode,
@@ -359,7 +377,8 @@ export const resolveStartConfig = (flags: StartFlags) =>
       statusAddress,
       heartbeat: { firstAfter: retryEvery, retryEvery, every: heartbeatEvery },
       renewEvery,
-      drainTimeout
+      drainTimeout,
+      limits
     }
     return config
   })

@@ -8,7 +8,7 @@ export const tunnelsConnected = Metric.gauge("relay_tunnels_connected", {
   description: "Gateway SSH tunnels currently registered"
 })
 
-/** accepted | duplicate_rejected | stale_replaced */
+/** accepted | duplicate_rejected | stale_replaced | max_tunnels */
 export const tunnelConnections = Metric.counter("relay_tunnel_connections_total", {
   description: "Authenticated gateway SSH connections by outcome",
   incremental: true
@@ -34,6 +34,27 @@ export const tlsHandshakeFailures = Metric.counter("relay_tls_handshake_failures
 /** heartbeat probes answered by the TLS listener */
 export const heartbeatProbes = Metric.counter("relay_heartbeat_probes_total", {
   description: "Control-plane heartbeat probes received on the TLS port",
+  incremental: true
+})
+
+/**
+ * TCP connections refused by an admission limit, tagged listener=ssh|tls and
+ * reason=max_connections|accept_rate|handshake_timeout.
+ */
+export const connectionsRefused = Metric.counter("relay_connections_refused_total", {
+  description: "Connections refused or closed by an admission limit, by listener and reason",
+  incremental: true
+})
+
+/** Tunnels closed because their gateway's user certificate expired (--disconnect-expired-tunnels). */
+export const tunnelsExpired = Metric.counter("relay_tunnels_expired_total", {
+  description: "Gateway tunnels closed at the expiry of their certificate",
+  incremental: true
+})
+
+/** SIGHUP reloads of the limits file, tagged outcome=success|failure. */
+export const configReloads = Metric.counter("relay_config_reloads_total", {
+  description: "Reloads of the limits file by outcome",
   incremental: true
 })
 

@@ -58,7 +58,10 @@ export const makeFairShare = (options: { readonly quantumBytes?: number } = {}):
   let firstNow: LaneState | undefined
   let firstBefore: LaneState | undefined
 
-  const contendedFor = (lane: LaneState) => activeNow > 1 || activeBefore > 1 || (activeBefore === 1 && firstBefore !== lane)
+  /** Another org moved bytes in this round or the last one, or is throttled (it wants to move bytes). */
+  const contendedFor = (lane: LaneState) =>
+    activeNow > 1 || activeBefore > 1 || (activeBefore === 1 && firstBefore !== lane) ||
+    throttled.size > (throttled.has(lane) ? 1 : 0)
 
   const scheduleRoundEnd = () => {
     if (roundEnding) return
@@ -96,7 +99,6 @@ export const makeFairShare = (options: { readonly quantumBytes?: number } = {}):
     lane.debt += bytes
     indebted.add(lane)
     scheduleRoundEnd()
-    // Throttle only when contended: another org moved bytes in this round or the previous one.
     return lane.debt <= quantum || !contendedFor(lane)
   }
 

@@ -7,17 +7,33 @@
  * gateway that already has a tunnel connects again, the old tunnel must answer a keepalive within
  * `staleCheckMs`; if it does, the new connection is closed (upstream's behaviour), if not, the old
  * one is closed and the new one takes its place.
+ *
+ * Admission limits (src/relay/Limits.ts): connections and accept rate are checked at accept
+ * (AcceptGate), the whole pre-auth phase is bounded by --ssh-handshake-timeout, new gateways are
+ * refused beyond --max-tunnels, each tunnel holds at most --max-channels-per-tunnel channels, and
+ * with --disconnect-expired-tunnels a tunnel is closed when its gateway's certificate expires.
  */
 import * as net from "node:net"
-import { Effect, FiberSet, Layer, Metric } from "effect"
+import { Clock, Duration, Effect, FiberSet, Layer, Metric } from "effect"
 import { Credentials } from "../Credentials.ts"
-import { sshAuthFailures, sshHandshakeFailures, tagged, tunnelConnections, tunnelsConnected } from "../observability/Metrics.ts"
+import {
+  sshAuthFailures,
+  sshHandshakeFailures,
+  tagged,
+  tunnelConnections,
+  tunnelsConnected,
+  tunnelsExpired
+} from "../observability/Metrics.ts"
 import { RelayConfig } from "../RelayConfig.ts"
+import { CERT_TIME_INFINITY } from "../ssh/certs.ts"
 import { checkGatewayCertificate, type CertificateVerdict } from "../ssh/certPolicy.ts"
-import { acceptSshConnection, type SshServerConnection } from "../ssh/server.ts"
+import { acceptSshConnection, AUTH_TIMEOUT_REASON, type SshServerConnection } from "../ssh/server.ts"
+import { makeAcceptGate } from "./AcceptGate.ts"
 import { authFailureLabel } from "./authFailureReason.ts"
 import { bindListener, displayAddress } from "./Listener.ts"
 import { Drain } from "./Drain.ts"
+import { capOf, Limits } from "./Limits.ts"
+import { countConnectionRefused, makeWarningThrottle } from "./Refusals.ts"
 import { type Tunnel, Tunnels } from "./Tunnels.ts"
 
 /** Keepalives every 15 s, 30 s to answer: a half-open tunnel is found within ~45 s. */
@@ -32,6 +48,13 @@ const toTunnel = (conn: SshServerConnection<CertificateVerdict>, gatewayId: stri
   ping: (timeoutMs) => conn.ping(timeoutMs),
   close: (reason) => conn.close(reason)
 })
+
+/** Timers longer than Node's ~24.8-day maximum would fire at once: sleep in steps of a day. */
+const sleepUntil = (epochMillis: number): Effect.Effect<void> =>
+  Effect.flatMap(Clock.currentTimeMillis, (now) =>
+    now >= epochMillis
+      ? Effect.void
+      : Effect.zipRight(Effect.sleep(Duration.millis(Math.min(epochMillis - now, 86_400_000))), Effect.suspend(() => sleepUntil(epochMillis))))
 
 /** Wait for a promise from Node land without ever failing the fiber. */
 const settle = <A>(promise: () => Promise<A>) =>
@@ -48,13 +71,19 @@ export const SshListenerLive = Layer.scopedDiscard(
     const credentials = yield* Credentials
     const tunnels = yield* Tunnels
     const drain = yield* Drain
+    const limits = yield* Limits
     const fibers = yield* FiberSet.make()
     const run = yield* FiberSet.runtime(fibers)<never>()
+    const warnDue = makeWarningThrottle()
 
-    /** Register the tunnel, settling a duplicate by checking whether the old one is alive. */
+    /**
+     * Register the tunnel, settling a duplicate by checking whether the old one is alive; "full"
+     * when a new gateway would exceed --max-tunnels.
+     */
     const register = (tunnel: Tunnel) =>
       Effect.gen(function* () {
-        const existing = yield* tunnels.add(tunnel)
+        const existing = yield* tunnels.add(tunnel, limits.current().maxTunnels)
+        if (existing === "full") return "full" as const
         if (!existing) return true
         const alive = yield* settle(() => existing.ping(STALE_CHECK_MS))
         if (!alive.ok && (yield* tunnels.replace(existing, tunnel))) {
@@ -72,6 +101,12 @@ export const SshListenerLive = Layer.scopedDiscard(
       Effect.gen(function* () {
         const bundle = yield* credentials.current
         const conn = acceptSshConnection(socket, {
+          limits: {
+            // From accept: a peer that trickles its version line or stalls the key exchange is bounded too.
+            authTimeoutMs: Duration.toMillis(limits.current().sshHandshakeTimeout),
+            // Read at each open, so a reload applies to live tunnels' next channels.
+            maxChannels: () => capOf(limits.current().maxChannelsPerTunnel)
+          },
           hostKey: bundle.ssh.hostKey,
           authenticate: ({ username, certificate }) =>
             checkGatewayCertificate({
@@ -97,6 +132,7 @@ export const SshListenerLive = Layer.scopedDiscard(
         if (!auth.ok) {
           yield* Metric.increment(sshHandshakeFailures)
           const info = yield* Effect.promise(() => conn.closed)
+          if (info.reason === AUTH_TIMEOUT_REASON) countConnectionRefused("ssh", "handshake_timeout")
           yield* Effect.logDebug("SSH connection closed before authentication").pipe(Effect.annotateLogs({ reason: info.reason }))
           return
         }
@@ -113,7 +149,17 @@ export const SshListenerLive = Layer.scopedDiscard(
           "ssh.cipher": conn.info.cipherSC,
           "ssh.mac": conn.info.macSC
         })
-        if (!(yield* register(tunnel))) {
+        const registered = yield* register(tunnel)
+        if (registered === "full") {
+          yield* Metric.increment(tagged(tunnelConnections, "outcome", "max_tunnels"))
+          const max = limits.current().maxTunnels
+          if (warnDue("max_tunnels")) {
+            yield* Effect.logWarning(`--max-tunnels (${max}) reached, refusing new gateways; further refusals are counted, not logged`)
+          }
+          yield* Effect.logDebug(`${label} refused: --max-tunnels reached`).pipe(Effect.annotateLogs(log))
+          return conn.close("too many tunnels on this relay")
+        }
+        if (!registered) {
           yield* Effect.logWarning(`${label} already has an active connection, rejecting new connection`)
           yield* Metric.increment(tagged(tunnelConnections, "outcome", "duplicate_rejected"))
           return conn.close("gateway already connected")
@@ -121,7 +167,22 @@ export const SshListenerLive = Layer.scopedDiscard(
         yield* Metric.increment(tagged(tunnelConnections, "outcome", "accepted"))
         yield* Metric.increment(tunnelsConnected)
         yield* Effect.logInfo(`${label} connected`).pipe(Effect.annotateLogs(log))
-        const closed = yield* Effect.promise(() => conn.closed).pipe(
+        // At the certificate's expiry, close the tunnel if --disconnect-expired-tunnels is on then.
+        const validBefore = auth.value.certificate.validBefore
+        const expiry = validBefore === CERT_TIME_INFINITY
+          ? Effect.never
+          : sleepUntil(Number(validBefore) * 1000).pipe(
+            Effect.zipRight(Effect.suspend(() => {
+              if (!limits.current().disconnectExpiredTunnels) return Effect.never
+              conn.close("gateway certificate expired")
+              return Effect.zipRight(
+                Metric.increment(tunnelsExpired),
+                Effect.logInfo(`${label} certificate expired, disconnecting`).pipe(Effect.annotateLogs(log))
+              )
+            })),
+            Effect.zipRight(Effect.never)
+          )
+        const closed = yield* Effect.raceFirst(Effect.promise(() => conn.closed), expiry).pipe(
           Effect.onInterrupt(() => Effect.sync(() => conn.close("relay shutting down")))
         )
         yield* tunnels.remove(tunnel)
@@ -130,9 +191,10 @@ export const SshListenerLive = Layer.scopedDiscard(
       }).pipe(Effect.withSpan("relay.tunnel"), Effect.annotateLogs({ remote: socket.remoteAddress ?? "" }))
 
     const server = net.createServer({ noDelay: true })
+    const admit = yield* makeAcceptGate(server, "ssh")
     server.on("connection", (socket) => {
       socket.on("error", () => socket.destroy())
-      run(serve(socket))
+      if (admit(socket)) run(serve(socket))
     })
     const bound = yield* bindListener(server, { label: "SSH", port: config.sshPort, host: config.listenHost })
     // While draining, live tunnels keep carrying their sessions; new gateway connections wait.

@@ -3,6 +3,7 @@
  */
 import type { Duplex } from "node:stream"
 import { Context, Effect, Layer } from "effect"
+import { capOf } from "./Limits.ts"
 
 /** What the data plane needs from a gateway's SSH connection. */
 export interface Tunnel {
@@ -17,8 +18,12 @@ export interface Tunnel {
 
 export interface TunnelsShape {
   readonly get: (gatewayId: string) => Effect.Effect<Tunnel | undefined>
-  /** Register a tunnel; the existing one if the gateway already has one (then nothing changes). */
-  readonly add: (tunnel: Tunnel) => Effect.Effect<Tunnel | undefined>
+  /**
+   * Register a tunnel, unless the gateway already has one (that one is returned, nothing changes)
+   * or `maxTunnels` gateways are registered already ("full"; 0 = no limit). A gateway that has a
+   * tunnel is never "full": replacing its stale tunnel does not count twice.
+   */
+  readonly add: (tunnel: Tunnel, maxTunnels?: number) => Effect.Effect<Tunnel | "full" | undefined>
   /** Replace `old` by `tunnel` if `old` is still the registered one. */
   readonly replace: (old: Tunnel, tunnel: Tunnel) => Effect.Effect<boolean>
   readonly remove: (tunnel: Tunnel) => Effect.Effect<void>
@@ -31,10 +36,11 @@ export const TunnelsLive = Layer.sync(Tunnels, () => {
   const byId = new Map<string, Tunnel>()
   return {
     get: (id) => Effect.sync(() => byId.get(id)),
-    add: (tunnel) =>
+    add: (tunnel, maxTunnels = 0) =>
       Effect.sync(() => {
         const existing = byId.get(tunnel.gatewayId)
         if (existing) return existing
+        if (byId.size >= capOf(maxTunnels)) return "full" as const
         byId.set(tunnel.gatewayId, tunnel)
         return undefined
       }),

@@ -31,6 +31,14 @@ export interface PumpOptions {
 }
 
 /**
+ * How much may wait in a destination's write buffer before its source is paused. Node's default
+ * mark (16 KiB) is below one SSH channel packet (32 KiB): pausing at it stopped the channel after
+ * every packet, one TLS write per event-loop turn, and left the whole window unread in the channel.
+ * The SSH window still bounds what one session can hold (window + this).
+ */
+const PAUSE_ABOVE_BYTES = 1024 * 1024
+
+/**
  * Forward `from` into `to` like `pipe` (end follows end), but with two reasons to pause the source:
  * the destination's buffer is full, or the lane is throttled. Resumes only when neither holds.
  */
@@ -50,7 +58,8 @@ const forward = (from: Duplex, to: Duplex, onChunk: (bytes: number) => void, lan
   }
   from.on("data", (chunk: Buffer) => {
     onChunk(chunk.length)
-    if (!to.write(chunk) && !awaitingDrain) {
+    // write() has returned false by the time the buffer is this full, so 'drain' will follow.
+    if (!to.write(chunk) && to.writableLength > PAUSE_ABOVE_BYTES && !awaitingDrain) {
       awaitingDrain = true
       from.pause()
       to.once("drain", onDrain)

@@ -7,9 +7,12 @@
  * Data is split into packets of at most the peer's maximum packet size.
  *
  * Reading: received data is pushed without copying (a view into the decrypted packet). The
- * window is replenished only as the consumer takes data out of the readable buffer (when at least
- * half of the window has been consumed), so a slow consumer stops the peer instead of growing our
- * memory: at most one window per channel is ever buffered.
+ * window is replenished only as the consumer takes data out of the readable buffer, in steps of an
+ * eighth of the window (so a peer far away is never idle waiting for a half-window grant), and a
+ * slow consumer stops the peer instead of growing our memory: at most one window per channel is
+ * ever buffered. The window starts at `windowSize` and, while the reader keeps up with a peer that
+ * keeps sending, doubles up to `maxWindowSize`: fast streams get room for long round trips, a
+ * stalled reader holds at most the window it had.
  *
  * `end()` sends CHANNEL_EOF after all written data; `destroy()` sends CHANNEL_CLOSE. A remote EOF
  * ends the readable side; a remote CLOSE ends the readable side, discards any unsent data, and
@@ -37,6 +40,8 @@ export interface ChannelParams {
   readonly remoteId: number
   /** our initial window (what the peer may send before our first WINDOW_ADJUST) */
   readonly windowSize: number
+  /** the window may grow to this while the reader keeps up (default: windowSize, a fixed window) */
+  readonly maxWindowSize?: number
   /** largest CHANNEL_DATA we accept */
   readonly localMaxPacket: number
   readonly remoteWindow: number
@@ -44,6 +49,8 @@ export interface ChannelParams {
 }
 
 const MAX_WINDOW = 0xffff_ffff
+/** Grant window back in steps of this fraction of the window (x/crypto grants per read, OpenSSH per 3 packets). */
+const ADJUST_STEPS = 8
 
 interface PendingWrite {
   readonly chunk: Buffer
@@ -56,6 +63,11 @@ export class SshChannel extends Duplex {
   readonly localId: number
   readonly remoteId: number
   private readonly windowSize: number
+  private readonly maxWindowSize: number
+  /** the window we currently keep open: the peer's allowance plus what sits unread in our buffer */
+  private window: number
+  /** `received` when the window last grew */
+  private receivedAtGrowth = 0
   private readonly localMaxPacket: number
   private readonly remoteMaxPacket: number
   private remoteWindow: number
@@ -83,6 +95,8 @@ export class SshChannel extends Duplex {
     this.localId = params.localId
     this.remoteId = params.remoteId
     this.windowSize = params.windowSize
+    this.window = params.windowSize
+    this.maxWindowSize = Math.min(MAX_WINDOW, Math.max(params.windowSize, params.maxWindowSize ?? 0))
     this.localMaxPacket = params.localMaxPacket
     this.remoteWindow = Math.min(params.remoteWindow, MAX_WINDOW)
     // A zero max packet would stall us forever; treat silly values as 1.
@@ -264,15 +278,37 @@ export class SshChannel extends Duplex {
     p.callback()
   }
 
-  /** Grant the peer more window once half of it has been consumed by our reader. */
+  /** The window we keep open now (grows up to maxWindowSize). */
+  get currentWindow(): number {
+    return this.window
+  }
+
+  /**
+   * Top the peer's allowance back up to `window` minus what our reader has not taken yet, once an
+   * eighth of the window is due.
+   */
   private maybeAdjust(): void {
     if (this.recvEof || this.sentClose) return
-    const consumed = this.received - this.readableLength
-    const grant = consumed - this.granted
-    if (grant >= this.windowSize / 2 && grant > 0) {
-      this.granted += grant
-      this.host.sendControl(Buffer.from(new SshWriter(12).byte(MSG.CHANNEL_WINDOW_ADJUST).uint32(this.remoteId).uint32(grant).toBuffer()))
+    const buffered = this.readableLength
+    let grant = this.window - this.localWindow - buffered
+    if (grant < this.window / ADJUST_STEPS || grant <= 0) return
+    // The reader keeps up and the peer has sent a whole window since the last growth: the window,
+    // not the reader, may be what limits this stream, so let it grow (memory stays bounded by
+    // maxWindowSize, and a reader that falls behind stops the growth).
+    if (
+      this.window < this.maxWindowSize &&
+      buffered <= this.window / ADJUST_STEPS &&
+      this.received - this.receivedAtGrowth >= this.window
+    ) {
+      const extra = Math.min(this.window, this.maxWindowSize - this.window)
+      this.window += extra
+      grant += extra
+      this.receivedAtGrowth = this.received
     }
+    this.granted += grant
+    this.host.sendControl(
+      Buffer.from(new SshWriter(12).byte(MSG.CHANNEL_WINDOW_ADJUST).uint32(this.remoteId).uint32(grant).toBuffer())
+    )
   }
 }
 

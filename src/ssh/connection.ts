@@ -12,12 +12,23 @@ import { SshProtocolError, type CloseInfo, type Transport } from "./transport.ts
 import { SshReader, SshWriter } from "./wire.ts"
 
 export class ChannelOpenError extends Error {
-  override readonly name = "ChannelOpenError"
+  override readonly name: string = "ChannelOpenError"
   constructor(
     readonly code: number,
     message: string
   ) {
     super(message)
+  }
+}
+
+/**
+ * The connection already has its maximum of channels open, being opened or closing (a channel
+ * whose CHANNEL_CLOSE the peer has not answered still holds its slot).
+ */
+export class ChannelLimitError extends ChannelOpenError {
+  override readonly name: string = "ChannelLimitError"
+  constructor(limit: number) {
+    super(OPEN_FAILURE.RESOURCE_SHORTAGE, `channel limit reached: ${limit} channels open or closing on this connection`)
   }
 }
 
@@ -37,8 +48,11 @@ export interface ChannelLimits {
   readonly windowSize?: number
   /** the largest CHANNEL_DATA we accept, advertised as the channel's maximum packet size (default 32 KiB) */
   readonly channelMaxPacket?: number
-  /** channels open at once, both directions, pending opens included (default 1000) */
-  readonly maxChannels?: number
+  /**
+   * channels open at once, both directions, pending opens and unanswered closes included (default
+   * 1000); a function is read at each open, so the limit can change while the connection lives
+   */
+  readonly maxChannels?: number | (() => number)
 }
 
 export interface KeepaliveOptions {
@@ -76,7 +90,7 @@ export class Connection implements ChannelHost {
   private keepaliveTimer: NodeJS.Timeout | undefined
   readonly windowSize: number
   readonly maxPacket: number
-  readonly maxChannels: number
+  private readonly channelLimit: () => number
 
   constructor(
     private readonly transport: Transport,
@@ -85,7 +99,12 @@ export class Connection implements ChannelHost {
   ) {
     this.windowSize = Math.min(MAX_WINDOW, Math.max(1024, limits?.windowSize ?? DEFAULT_WINDOW_SIZE))
     this.maxPacket = Math.max(1024, limits?.channelMaxPacket ?? DEFAULT_CHANNEL_MAX_PACKET)
-    this.maxChannels = Math.max(1, limits?.maxChannels ?? DEFAULT_MAX_CHANNELS)
+    const limit = limits?.maxChannels ?? DEFAULT_MAX_CHANNELS
+    this.channelLimit = typeof limit === "function" ? () => Math.max(1, limit()) : () => Math.max(1, limit)
+  }
+
+  get maxChannels(): number {
+    return this.channelLimit()
   }
 
   get channelCount(): number {
@@ -99,9 +118,8 @@ export class Connection implements ChannelHost {
   openChannel(type: string, extra: Uint8Array = Buffer.alloc(0), timeoutMs?: number): Promise<SshChannel> {
     return new Promise<SshChannel>((resolve, reject) => {
       if (this.closed) return reject(new ConnectionClosedError("connection closed"))
-      if (this.channelCount >= this.maxChannels) {
-        return reject(new ChannelOpenError(OPEN_FAILURE.RESOURCE_SHORTAGE, "too many channels on this connection"))
-      }
+      const limit = this.maxChannels
+      if (this.channelCount >= limit) return reject(new ChannelLimitError(limit))
       const id = this.allocateId()
       const pending: PendingOpen = { type, resolve, reject, timer: undefined, timedOut: false }
       if (timeoutMs !== undefined) {

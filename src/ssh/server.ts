@@ -27,7 +27,7 @@ import { ServerAuth, type AuthAttempt, type AuthContext, type AuthDecision, type
 
 export type { AuthAttempt, AuthContext, AuthDecision, Authenticated } from "./userauth.ts"
 export type { CloseInfo, ConnectionInfo } from "./transport.ts"
-export { ChannelOpenError, ConnectionClosedError } from "./connection.ts"
+export { ChannelLimitError, ChannelOpenError, ConnectionClosedError } from "./connection.ts"
 export { SshChannel } from "./channel.ts"
 
 export interface HostKeyConfig {
@@ -40,7 +40,10 @@ export interface HostKeyConfig {
 export interface ServerLimits extends ChannelLimits {
   /** largest packet_length accepted from the client (default 256 KiB + 1 KiB) */
   readonly maxPacket?: number
-  /** drop the connection when not authenticated after this long (default 30 s) */
+  /**
+   * drop the connection when not authenticated this long after accept (default 30 s): the whole
+   * pre-auth phase (version exchange, key exchange, userauth) is bounded, whatever the peer sends
+   */
   readonly authTimeoutMs?: number
   /** counted authentication failures before disconnect (default 3) */
   readonly maxAuthTries?: number
@@ -86,6 +89,8 @@ export interface SshServerConnection<D extends AuthDecision> {
 }
 
 const DEFAULT_AUTH_TIMEOUT_MS = 30_000
+/** The close reason (CloseInfo.reason) of a connection that did not authenticate in time. */
+export const AUTH_TIMEOUT_REASON = "authentication timeout"
 const DEFAULT_MAX_AUTH_TRIES = 3
 
 /** The server's channel policy: Infisical's relay rejects every channel a gateway opens. */
@@ -172,7 +177,7 @@ export const acceptSshConnection = <D extends AuthDecision>(
   })
 
   const authTimer = setTimeout(
-    () => transport.disconnect(DISCONNECT.BY_APPLICATION, "authentication timeout"),
+    () => transport.disconnect(DISCONNECT.BY_APPLICATION, AUTH_TIMEOUT_REASON),
     limits?.authTimeoutMs ?? DEFAULT_AUTH_TIMEOUT_MS
   )
   authTimer.unref()

@@ -266,7 +266,9 @@ export class Transport {
       return
     }
     this.rawWrite(Buffer.from(this.localVersion + "\r\n", "latin1"))
-    this.sendKexInit()
+    // A server waits for the client's identification before its KEXINIT, as OpenSSH and x/crypto
+    // do: a scanner or a stray protocol gets our version line and nothing more.
+    if (this.role === "client") this.sendKexInit()
   }
 
   get closed(): boolean {
@@ -377,18 +379,24 @@ export class Transport {
     this.maybeRekey()
   }
 
+  /**
+   * Write to the socket, corked until the next tick: every packet sealed in this tick (a batch of
+   * channel data, or a reply plus a WINDOW_ADJUST) leaves in one writev.
+   */
   private rawWrite(b: Buffer): void {
     const s = this.socket
     if (s.destroyed || s.writableEnded) return
     if (!this.corked) {
       this.corked = true
       s.cork()
-      process.nextTick(() => {
-        this.corked = false
-        s.uncork()
-      })
+      process.nextTick(this.uncork)
     }
     s.write(b)
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false
+    this.socket.uncork()
   }
 
   private maybeRekey(): void {
@@ -480,6 +488,7 @@ export class Transport {
         }
         this.remoteVersion = version
         this.phase = "packet"
+        if (this.role === "server") this.sendKexInit()
         const rest = this.versionBuf
         this.versionBuf = EMPTY
         return rest

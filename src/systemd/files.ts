@@ -16,7 +16,12 @@ export const envFilePath = (name: string) => `${RELAYS_CONFIG_DIR}/${name}.env.c
 export const stateFilePath = (name: string) => `${RELAYS_CONFIG_DIR}/${name}.conf`
 export const logrotatePath = (serviceName: string) => `${LOGROTATE_DIR}/${serviceName}`
 
-/** The unit (upstream `infisical-service.tmpl`, relay flavour). */
+/**
+ * The unit (upstream `infisical-service.tmpl`, relay flavour), plus `ExecReload`: SIGHUP makes the
+ * relay re-read its limits file. With a log file the shell `exec`s the relay (output through tee
+ * by process substitution) so that $MAINPID is the relay itself: upstream's `... | tee` pipeline
+ * would make it bash, which SIGHUP kills.
+ */
 export const unitFile = (options: {
   readonly description: string
   readonly environmentFile: string
@@ -24,7 +29,7 @@ export const unitFile = (options: {
 }): string => {
   const execStart = options.logFile === undefined
     ? "infisical relay start"
-    : `/bin/bash -c 'infisical relay start 2>&1 | tee "${options.logFile}"'`
+    : `/bin/bash -c 'exec infisical relay start > >(tee "${options.logFile}") 2>&1'`
   return [
     "[Unit]",
     `Description=${options.description}`,
@@ -35,6 +40,7 @@ export const unitFile = (options: {
     "NotifyAccess=all",
     `EnvironmentFile=${options.environmentFile}`,
     `ExecStart=${execStart}`,
+    "ExecReload=/bin/kill -HUP $MAINPID",
     "Restart=on-failure",
     "InaccessibleDirectories=/home",
     "PrivateTmp=yes",

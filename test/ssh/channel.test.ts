@@ -40,12 +40,16 @@ class FakeHost implements ChannelHost {
   }
 }
 
-const make = (host: FakeHost, o: Partial<{ windowSize: number; remoteWindow: number; remoteMaxPacket: number }> = {}) =>
+const make = (
+  host: FakeHost,
+  o: Partial<{ windowSize: number; maxWindowSize: number; remoteWindow: number; remoteMaxPacket: number }> = {}
+) =>
   new SshChannel(host, {
     type: "direct-tcpip",
     localId: 1,
     remoteId: 7,
     windowSize: o.windowSize ?? 1024,
+    ...(o.maxWindowSize !== undefined ? { maxWindowSize: o.maxWindowSize } : {}),
     localMaxPacket: 512,
     remoteWindow: o.remoteWindow ?? 4096,
     remoteMaxPacket: o.remoteMaxPacket ?? 100
@@ -117,13 +121,49 @@ describe("SshChannel flow control", () => {
     expect(ch.localWindow).toBe(1024)
   })
 
-  it("flowing consumer gets adjusts every half window", async () => {
+  it("flowing consumer gets adjusts every eighth of the window (a fixed window by default)", async () => {
     const host = new FakeHost()
     const ch = make(host, { windowSize: 1024 })
     ch.on("data", () => {})
     await tick()
-    for (let i = 0; i < 16; i++) ch.onRemoteData(Buffer.alloc(128), false)
-    expect(host.adjusts()).toEqual([512, 512, 512, 512])
+    for (let i = 0; i < 64; i++) ch.onRemoteData(Buffer.alloc(64), false)
+    expect(host.adjusts()).toEqual(Array(32).fill(128))
+    expect(ch.currentWindow).toBe(1024)
+    expect(ch.localWindow).toBe(1024)
+  })
+
+  it("a reader that keeps up lets the window double, per window received, up to maxWindowSize", async () => {
+    const host = new FakeHost()
+    const ch = make(host, { windowSize: 1024, maxWindowSize: 4096 })
+    ch.on("data", () => {})
+    await tick()
+    const windows: Array<number> = []
+    let sent = 0
+    // a peer that always sends all it may, in packets of at most 512
+    while (sent < 64 * 1024) {
+      const n = Math.min(512, ch.localWindow)
+      ch.onRemoteData(Buffer.alloc(n), false)
+      sent += n
+      if (windows.at(-1) !== ch.currentWindow) windows.push(ch.currentWindow)
+    }
+    expect(windows).toEqual([1024, 2048, 4096])
+    // the peer's allowance never exceeds the window we keep
+    expect(ch.localWindow).toBeLessThanOrEqual(4096)
+    expect(ch.localWindow).toBeGreaterThan(0)
+  })
+
+  it("a reader that falls behind stops the growth and never holds more than the window", async () => {
+    const host = new FakeHost()
+    const ch = make(host, { windowSize: 1024, maxWindowSize: 1 << 20 })
+    ch.pause()
+    // fill the window, then read slowly: half of what arrives stays buffered
+    for (let round = 0; round < 50; round++) {
+      while (ch.localWindow > 0) ch.onRemoteData(Buffer.alloc(Math.min(256, ch.localWindow)), false)
+      expect(ch.readableLength).toBeLessThanOrEqual(ch.currentWindow)
+      ch.read(Math.floor(ch.readableLength / 2))
+    }
+    expect(ch.currentWindow).toBe(1024)
+    expect(ch.readableLength).toBeLessThanOrEqual(1024)
   })
 
   it("rejects packets larger than our max packet", () => {

@@ -46,8 +46,9 @@ import {
   type CertifiedKey,
   type CryptoKeyPair
 } from "../../src/pki/x509.ts"
+import { limitSpecs } from "../../src/relay/Limits.ts"
 import { CERT_TYPE_USER, signCertificate } from "../../src/ssh/certs.ts"
-import { encodeOpenSshPrivateKey, formatAuthorizedKeyLine, publicKeyOf } from "../../src/ssh/keys.ts"
+import { encodeOpenSshPrivateKey, formatAuthorizedKeyLine, publicKeyOf, type SshPrivateKey } from "../../src/ssh/keys.ts"
 import { type GatewayMode, type GoGatewayOptions, PeerSet, type PeerProcess, spawnGoGateway } from "./goPeers.ts"
 import { type RelayProcess, spawnRelay } from "./relayProcess.ts"
 
@@ -59,7 +60,8 @@ export const freePort = (): Promise<number> => Effect.runPromise(devFreePort)
 const noFlags = [
   "name", "host", "type", "enrollMethod", "token", "relayId", "domain", "authMethod", "clientId", "clientSecret",
   "machineIdentityId", "serviceAccountTokenPath", "serviceAccountKeyFilePath", "jwt", "sshPort", "tlsPort",
-  "listenHost", "statusAddr", "heartbeatInterval", "heartbeatRetryInterval", "renewInterval", "drainTimeout"
+  "listenHost", "statusAddr", "heartbeatInterval", "heartbeatRetryInterval", "renewInterval", "drainTimeout",
+  "limitsFile", ...limitSpecs.map((s) => s.field)
 ] as const
 
 export const startFlags = (values: Partial<Record<(typeof noFlags)[number], string>>): StartFlags =>
@@ -135,6 +137,8 @@ export interface ClientCertOptions {
   readonly notAfter?: Date
   /** Sign with the relay's client CA (default) or an unrelated CA with the same names. */
   readonly issuer?: "relay" | "foreign"
+  /** Subject O, the organisation the relay counts sessions against (default "harness-org"). */
+  readonly org?: string
 }
 
 export interface HarnessOptions {
@@ -143,6 +147,8 @@ export interface HarnessOptions {
   readonly subprocess?: boolean
   /** Extra `relay start` arguments for the subprocess. */
   readonly relayArgs?: ReadonlyArray<string>
+  /** Extra `relay start` flags for the in-process relay, e.g. `{ maxTunnels: "2" }`. */
+  readonly relayFlags?: Partial<Record<(typeof noFlags)[number], string>>
 }
 
 export interface Harness {
@@ -157,7 +163,12 @@ export interface Harness {
   /** Register a gateway with the control plane and connect a Go gateway peer in `mode`. */
   readonly connectGateway: (name: string, mode: GatewayMode, extra?: PeerOptions) => Promise<Gateway>
   /** A gateway with a directly minted certificate (shared key); `gatewayId` defaults to a new UUID. */
-  readonly quickGateway: (mode: GatewayMode, options?: { readonly gatewayId?: string; readonly peer?: PeerOptions; readonly ready?: boolean }) => Promise<Gateway>
+  readonly quickGateway: (mode: GatewayMode, options?: { readonly gatewayId?: string; readonly peer?: PeerOptions; readonly ready?: boolean; readonly validitySeconds?: number }) => Promise<Gateway>
+  /**
+   * An SSH user certificate for `gatewayId` signed by the relay's client CA (what quick gateways
+   * use), valid for `validitySeconds` (default a day), with its private key: for hand-made gateways.
+   */
+  readonly gatewayCertificate: (gatewayId: string, options?: { readonly validitySeconds?: number }) => { readonly certificate: Buffer; readonly privateKey: SshPrivateKey }
   /** Another Go peer with the same certificate as `files` (a reconnect of the same gateway). */
   readonly spawnPeer: (files: GatewayFiles, mode: GatewayMode, extra?: PeerOptions, label?: string) => Promise<PeerProcess>
   /** Relay client material for `gatewayId` (minted for a shared key; cached per gateway id). */
@@ -166,6 +177,8 @@ export interface Harness {
   readonly dial: (credentials: ClientCredentials | undefined, options?: tls.ConnectionOptions) => Promise<tls.TLSSocket>
   /** Dial the relay like the backend, with a relay-client certificate naming `gatewayId`. */
   readonly dialRelay: (gatewayId: string, gatewayName?: string) => Promise<tls.TLSSocket>
+  /** Shut the dev control plane down (its port then refuses); `cp` fails from then on. */
+  readonly stopControlPlane: () => Promise<void>
   readonly close: () => Promise<void>
 }
 
@@ -212,7 +225,11 @@ export const startHarness = async (options: HarnessOptions | string = {}): Promi
       relayProcess = spawnRelay(
         [
           "relay", "start", "--type=instance", "--host=127.0.0.1", `--name=${relayName}`, `--domain=${url}`,
-          `--ssh-port=${sshPort}`, `--tls-port=${tlsPort}`, "--listen-host=127.0.0.1", "--heartbeat-retry-interval=1h",
+          `--ssh-port=${sshPort}`, `--tls-port=${tlsPort}`, "--listen-host=127.0.0.1",
+          // No heartbeat during a test unless it asks for one (the CLI refuses a repeated flag).
+          ...(o.relayArgs?.some((a) => a.startsWith("--heartbeat-retry-interval")) === true ? [] : ["--heartbeat-retry-interval=1h"]),
+          // Every peer of a test dials from 127.0.0.1: no per-address accept rate unless the test sets one.
+          ...["--ssh-accept-rate=0", "--tls-accept-rate=0"].filter((d) => o.relayArgs?.some((a) => a.startsWith(d.split("=")[0]!)) !== true),
           ...(o.relayArgs ?? [])
         ],
         { HOME: dir, INFISICAL_RELAY_STATE_DIR: path.join(dir, "state"), INFISICAL_RELAY_AUTH_SECRET: SECRET }
@@ -223,7 +240,10 @@ export const startHarness = async (options: HarnessOptions | string = {}): Promi
         startRelay(
           startFlags({
             name: relayName, host: "127.0.0.1", type: "instance", domain: url, sshPort: String(sshPort),
-            tlsPort: String(tlsPort), listenHost: "127.0.0.1", heartbeatRetryInterval: "1h"
+            tlsPort: String(tlsPort), listenHost: "127.0.0.1", heartbeatRetryInterval: "1h",
+            // Every peer of a test dials from 127.0.0.1: no per-address accept rate unless the test sets one.
+            sshAcceptRate: "0", tlsAcceptRate: "0",
+            ...o.relayFlags
           }),
           relayLayer
         ).pipe(
@@ -308,21 +328,26 @@ export const startHarness = async (options: HarnessOptions | string = {}): Promi
     return { gatewayId: reg.gatewayId, peer, files }
   }
 
-  const quickGateway: Harness["quickGateway"] = async (mode, options = {}) => {
-    const gatewayId = options.gatewayId ?? randomUUID()
-    const blob = signCertificate(
+  const gatewayCertificate: Harness["gatewayCertificate"] = (gatewayId, options = {}) => ({
+    certificate: signCertificate(
       publicKeyOf(gatewayKey),
       {
         certType: CERT_TYPE_USER,
         keyId: `client-${relayName}`,
         principals: [gatewayId],
-        ...relativeValidity(24 * 60 * 60),
+        ...relativeValidity(options.validitySeconds ?? 24 * 60 * 60),
         serial: sshCertSerial(),
         extensions: DEFAULT_USER_EXTENSIONS.map((n) => [n, new Uint8Array(0)] as const)
       },
       sshCas.client.key,
       "rsa-sha2-512"
-    )
+    ),
+    privateKey: gatewayKey
+  })
+
+  const quickGateway: Harness["quickGateway"] = async (mode, options = {}) => {
+    const gatewayId = options.gatewayId ?? randomUUID()
+    const blob = gatewayCertificate(gatewayId, options.validitySeconds === undefined ? {} : { validitySeconds: options.validitySeconds }).certificate
     const files: GatewayFiles = {
       gatewayId,
       cert: writer(`quick-${gatewayId}`)("id-cert.pub", formatAuthorizedKeyLine("ssh-rsa-cert-v01@openssh.com", blob, "harness") + "\n"),
@@ -347,7 +372,7 @@ export const startHarness = async (options: HarnessOptions | string = {}): Promi
     const eku = c.eku ?? "clientAuth"
     const validity = validityFromNow(300)
     const leaf = await issueCertificate({
-      subject: [["O", "harness-org"], ["OU", "relay-client"], ["CN", gatewayId]],
+      subject: [["O", c.org ?? "harness-org"], ["OU", "relay-client"], ["CN", gatewayId]],
       issuer,
       keys,
       notBefore: c.notBefore ?? validity.notBefore,
@@ -407,7 +432,8 @@ export const startHarness = async (options: HarnessOptions | string = {}): Promi
 
   return {
     cp, relayName, sshPort, tlsPort, peers, dir, relayProcess,
-    connectGateway, quickGateway, spawnPeer, clientCredentials, dial, dialRelay,
+    connectGateway, quickGateway, gatewayCertificate, spawnPeer, clientCredentials, dial, dialRelay,
+    stopControlPlane: () => runtime.dispose(), // idempotent: close() disposes again
     close: async () => {
       await peers.killAll()
       await stopRelay()

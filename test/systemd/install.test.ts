@@ -5,6 +5,7 @@
  * the in-process control plane, and the installed files then start a relay.
  */
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
+import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -110,6 +111,7 @@ Type=notify
 NotifyAccess=all
 EnvironmentFile=/etc/infisical/relays/${name}.env.conf
 ExecStart=${execStart}
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 InaccessibleDirectories=/home
 PrivateTmp=yes
@@ -200,7 +202,7 @@ describe("relay systemd install", () => {
     expect(host.file("/etc/systemd/system/sd-aws.service")).toBe(UNIT("sd-aws"))
   })
 
-  it("--type=instance with --log-file: tee'd ExecStart, the log file, logrotate; the secret from env", async () => {
+  it("--type=instance with --log-file: tee'd ExecStart (the relay exec'd, so $MAINPID is the relay), the log file, logrotate; the secret from env", async () => {
     const host = fakeHost()
     const exit = await runCli(
       host,
@@ -212,7 +214,7 @@ describe("relay systemd install", () => {
       "INFISICAL_RELAY_NAME=sd-inst\nINFISICAL_RELAY_HOST=10.0.0.5\nINFISICAL_RELAY_TYPE=instance\nINFISICAL_RELAY_AUTH_SECRET=instance-secret-xyz\n"
     )
     expect(host.file("/etc/systemd/system/sd-inst.service")).toBe(
-      UNIT("sd-inst", `/bin/bash -c 'infisical relay start 2>&1 | tee "/var/log/infisical/relay.log"'`)
+      UNIT("sd-inst", `/bin/bash -c 'exec infisical relay start > >(tee "/var/log/infisical/relay.log") 2>&1'`)
     )
     expect(host.exists("/var/log/infisical/relay.log")).toBe(true)
     expect(host.mode("/var/log/infisical/relay.log")).toBe(0o644)
@@ -363,6 +365,71 @@ describe("relay systemd uninstall", () => {
     ] as const) {
       const { exit } = await run(host, uninstallRelayService(Option.some("x")))
       expect(startupError(exit).error).toBe(error)
+    }
+  })
+})
+
+describe("the unit's ExecStart and ExecReload, run as systemd would", () => {
+  /**
+   * systemd runs ExecStart's command line and sends ExecReload's `kill -HUP $MAINPID` to the
+   * process it started. A stand-in `infisical` on PATH logs each SIGHUP (as the relay logs a reload)
+   * and runs until SIGTERM; both forms of ExecStart run under the real /bin/bash.
+   */
+  const startUnderBash = (execStart: string, dir: string) => {
+    fs.writeFileSync(
+      path.join(dir, "infisical"),
+      `#!/bin/sh\nexec "${process.execPath}" -e 'console.log("started"); process.on("SIGHUP", () => console.log("reloaded")); process.on("SIGTERM", () => process.exit(0)); setInterval(() => {}, 1000)'\n`,
+      { mode: 0o755 }
+    )
+    const inner = /^\/bin\/bash -c '(.*)'$/.exec(execStart)?.[1] ?? execStart
+    return spawn("/bin/bash", ["-c", inner], { env: { PATH: `${dir}:${process.env.PATH ?? ""}` }, stdio: "ignore" })
+  }
+  const waitForFile = async (file: string, text: string, child: ChildProcess) => {
+    const deadline = Date.now() + 10_000
+    while (!(fs.existsSync(file) && fs.readFileSync(file, "utf8").includes(text))) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`exited before "${text}" was logged`)
+      if (Date.now() > deadline) throw new Error(`"${text}" not logged within 10 s`)
+      await new Promise((r) => setTimeout(r, 20))
+    }
+  }
+
+  it("with --log-file: SIGHUP to $MAINPID reaches the relay, which keeps running and logging through tee", async () => {
+    const host = fakeHost()
+    const exit = await runCli(host, ["relay", "systemd", "install", "sd-hup", "--type=instance", "--host=10.0.0.5", "--log-file=/var/log/hup.log"], {
+      INFISICAL_RELAY_AUTH_SECRET: "s"
+    })
+    expect(exit._tag).toBe("Success")
+    const unit = host.file("/etc/systemd/system/sd-hup.service")
+    expect(unit).toContain("ExecReload=/bin/kill -HUP $MAINPID\n")
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "relay-unit-"))
+    const log = path.join(dir, "relay.log")
+    const execStart = /^ExecStart=(.*)$/m.exec(unit)![1]!.replace("/var/log/hup.log", log)
+    const mainPid = startUnderBash(execStart, dir)
+    try {
+      await waitForFile(log, "started", mainPid)
+      mainPid.kill("SIGHUP") // ExecReload
+      await waitForFile(log, "reloaded", mainPid)
+      expect(mainPid.exitCode).toBe(null)
+      mainPid.kill("SIGTERM")
+      expect(await new Promise((r) => mainPid.once("exit", (code) => r(code)))).toBe(0)
+    } finally {
+      mainPid.kill("SIGKILL")
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it("upstream's `| tee` form would not survive ExecReload: SIGHUP kills the bash that is $MAINPID", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "relay-unit-"))
+    const log = path.join(dir, "relay.log")
+    const mainPid = startUnderBash(`/bin/bash -c 'infisical relay start 2>&1 | tee "${log}"'`, dir)
+    try {
+      await waitForFile(log, "started", mainPid)
+      mainPid.kill("SIGHUP")
+      const signal = await new Promise((r) => mainPid.once("exit", (_code, sig) => r(sig)))
+      expect(signal).toBe("SIGHUP")
+    } finally {
+      mainPid.kill("SIGKILL")
+      fs.rmSync(dir, { recursive: true, force: true })
     }
   })
 })
