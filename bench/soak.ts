@@ -27,6 +27,7 @@ const { values: args } = parseArgs({
     "reconnect-every": { type: "string", default: "60" },
     "sample-every": { type: "string", default: "5" },
     "max-rss-slope": { type: "string", default: "1" },
+    "max-heap-slope": { type: "string", default: "0.5" },
     "fd-slack": { type: "string", default: "4" },
     "relay-runner": { type: "string", default: "dist" },
     "no-write": { type: "boolean", default: false }
@@ -55,7 +56,8 @@ const render = (r: SoakResult, command: string, go: string): string => {
     `- Load: ${o.tunnels} tunnels over ${o.gatewayProcs} gateway processes; ${o.churnPerSecond} sessions/s churn (open, 64-byte echo, close); ` +
       `${o.bulkSessions} bulk sessions read at ${fmt(o.bulkBytesPerSecond / 2 ** 20)} MiB/s each; one gateway process restarted every ${o.reconnectEverySeconds} s; ` +
       `samples every ${o.sampleEverySeconds} s`,
-    `- Bounds: RSS slope over the second half ≤ ${o.maxRssSlopeMiBPerMinute} MiB/min; fds after the load ≤ before + ${o.fdSlack}; ` +
+    `- Bounds: JS heap slope over the second half ≤ ${o.maxHeapSlopeMiBPerMinute} MiB/min (RSS slope ≤ ${o.maxRssSlopeMiBPerMinute} MiB/min ` +
+      `only without a heap gauge); fds after the load ≤ before + ${o.fdSlack}; ` +
       "no session left active; no session failed except those cut by a gateway restart",
     ...r.failures.map((f) => `- **Failed:** ${f}`),
     "",
@@ -91,6 +93,7 @@ const main = async (): Promise<number> => {
       reconnectEverySeconds: Number(args["reconnect-every"]),
       sampleEverySeconds: Number(args["sample-every"]),
       maxRssSlopeMiBPerMinute: Number(args["max-rss-slope"]),
+      maxHeapSlopeMiBPerMinute: Number(args["max-heap-slope"]),
       fdSlack: Number(args["fd-slack"]),
       runner,
       gatewayBin,

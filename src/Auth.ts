@@ -12,7 +12,9 @@
  * Failures to obtain a token at startup are StartupErrors in upstream's printout shape
  * (`error: <cause>` then upstream's context line). Secrets stay Redacted throughout.
  */
-import { type FileSystem, HttpClient, type Path } from "@effect/platform"
+import type * as FileSystem from "@effect/platform/FileSystem"
+import * as HttpClient from "@effect/platform/HttpClient"
+import type * as Path from "@effect/platform/Path"
 import { Context, Effect, Layer, Redacted, Schema, Stream } from "effect"
 import { StartupError } from "./cli/resolveStartConfig.ts"
 import { apiClientFor } from "./controlplane/ApiClient.ts"

@@ -2,11 +2,11 @@
  * The command tree of the real CLI: `infisical relay start`, `infisical relay systemd
  * install|uninstall [name]`. Parses flags, resolves RelayConfig, then runs the relay's layers.
  */
-import { Command, Options } from "@effect/cli"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
 import { Config, Duration, Effect, Layer, Option } from "effect"
 import { relayLayer, startRelayLayers } from "./App.ts"
 import { IdleGcLive } from "./runtime/IdleGc.ts"
-import { freePort, runDev } from "./dev/DevCommand.ts"
 import { parseListenAddress, resolveStartConfig, StartupError } from "./cli/resolveStartConfig.ts"
 import { type StartFlags, startOptions } from "./cli/StartOptions.ts"
 import { makeSystemdCommands } from "./cli/systemdCommands.ts"
@@ -127,6 +127,8 @@ const dev = Command.make(
   (options) =>
     Effect.gen(function* () {
       const root = yield* infisical
+      // Loaded here, not at start-up: the dev control plane and its X.509 minting are not the relay.
+      const { freePort, runDev } = yield* Effect.promise(() => import("./dev/DevCommand.ts"))
       const statusAddress = Option.isSome(options.statusAddr)
         ? parseListenAddress(options.statusAddr.value)
         : { host: "127.0.0.1", port: yield* freePort }

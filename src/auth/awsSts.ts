@@ -14,13 +14,22 @@
  *   address, `AWS_EC2_METADATA_DISABLED=true` skips it). These are the AWS SDK's own variables and
  *   are read from the process environment, as the AWS SDK does.
  */
-import { Sha256 } from "@aws-crypto/sha256-js"
-import { defaultProvider } from "@aws-sdk/credential-provider-node"
-import { HttpClient, HttpClientRequest } from "@effect/platform"
-import { NODE_REGION_CONFIG_FILE_OPTIONS, NODE_REGION_CONFIG_OPTIONS } from "@smithy/config-resolver"
-import { loadConfig } from "@smithy/node-config-provider"
-import { SignatureV4 } from "@smithy/signature-v4"
+import * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { Clock, Data, Effect, Schema } from "effect"
+
+/** The AWS SDK pieces, loaded on first use: only the AWS logins need them, not every relay. */
+const awsSdk = Effect.promise(async () => {
+  const [{ Sha256 }, { defaultProvider }, { NODE_REGION_CONFIG_FILE_OPTIONS, NODE_REGION_CONFIG_OPTIONS }, { loadConfig }, { SignatureV4 }] =
+    await Promise.all([
+      import("@aws-crypto/sha256-js"),
+      import("@aws-sdk/credential-provider-node"),
+      import("@smithy/config-resolver"),
+      import("@smithy/node-config-provider"),
+      import("@smithy/signature-v4")
+    ])
+  return { Sha256, defaultProvider, NODE_REGION_CONFIG_FILE_OPTIONS, NODE_REGION_CONFIG_OPTIONS, loadConfig, SignatureV4 }
+})
 
 export class AwsAuthError extends Data.TaggedError("AwsAuthError")<{ readonly detail: string }> {
   override get message(): string {
@@ -80,19 +89,23 @@ const imdsRegion = Effect.gen(function* () {
 )
 
 /** `AWS_REGION` / shared config region, else the EC2 identity document's region. */
-export const resolveAwsRegion = Effect.tryPromise({
-  try: () => loadConfig(NODE_REGION_CONFIG_OPTIONS, NODE_REGION_CONFIG_FILE_OPTIONS)(),
-  catch: describe
-}).pipe(
+export const resolveAwsRegion = Effect.flatMap(awsSdk, (sdk) =>
+  Effect.tryPromise({
+    try: () => sdk.loadConfig(sdk.NODE_REGION_CONFIG_OPTIONS, sdk.NODE_REGION_CONFIG_FILE_OPTIONS)(),
+    catch: describe
+  })
+).pipe(
   Effect.flatMap((region) => (typeof region === "string" && region !== "" ? Effect.succeed(region) : Effect.fail("empty"))),
   Effect.orElse(() => imdsRegion)
 )
 
 /** Credentials from the AWS SDK's default Node chain. */
-const resolveAwsCredentials = Effect.tryPromise({
-  try: () => defaultProvider()(),
-  catch: (e) => new AwsAuthError({ detail: `unable to retrieve AWS credentials: ${describe(e)}` })
-})
+const resolveAwsCredentials = Effect.flatMap(awsSdk, (sdk) =>
+  Effect.tryPromise({
+    try: () => sdk.defaultProvider()(),
+    catch: (e) => new AwsAuthError({ detail: `unable to retrieve AWS credentials: ${describe(e)}` })
+  })
+)
 
 /**
  * Sign `POST https://sts.<region>.amazonaws.com/` with body `Action=GetCallerIdentity&Version=2011-06-15`.
@@ -106,6 +119,7 @@ export const signGetCallerIdentity = (options: { readonly includeContentLength: 
     const credentials = yield* resolveAwsCredentials
     const host = `sts.${region}.amazonaws.com`
     const now = yield* Clock.currentTimeMillis
+    const { SignatureV4, Sha256 } = yield* awsSdk
     const signer = new SignatureV4({ credentials, region, service: "sts", sha256: Sha256, applyChecksum: false })
     const signed = yield* Effect.tryPromise({
       try: () =>

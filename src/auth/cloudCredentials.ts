@@ -17,7 +17,10 @@
  * Everything fetched here is a credential: it is kept Redacted and never put in an error message.
  */
 import { createSign } from "node:crypto"
-import { FileSystem, HttpClient, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { Clock, Config, Data, Effect, Option, Redacted, Schema } from "effect"
 
 export class CredentialSourceError extends Data.TaggedError("CredentialSourceError")<{ readonly detail: string }> {

@@ -21,7 +21,8 @@
  * failures are retried 3 times as the SDK does. Renewal is `POST /v1/auth/token/renew
  * {accessToken}` with no Authorization header.
  */
-import { FileSystem, HttpClient } from "@effect/platform"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as HttpClient from "@effect/platform/HttpClient"
 import { Config, Data, Effect, Option, Redacted, type Schema } from "effect"
 import {
   AwsIamLoginRequest,

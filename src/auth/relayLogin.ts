@@ -4,7 +4,7 @@
  * `{accessToken, relayId, tokenType}`; the access token is the relay JWT used as bearer by
  * `/v2/relays/connect` and `/v2/relays/heartbeat`.
  */
-import { HttpClient } from "@effect/platform"
+import * as HttpClient from "@effect/platform/HttpClient"
 import { Effect, Redacted } from "effect"
 import { RelayLoginRequest, RelayLoginResponse } from "../controlplane/Api.ts"
 import { ControlPlaneError, postJson } from "../controlplane/ApiClient.ts"

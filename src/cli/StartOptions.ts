@@ -6,7 +6,7 @@
  * sees. So env fallbacks are applied by `resolveStartConfig`, not by @effect/cli, and each
  * description names its variable for `--help`.
  */
-import { Options } from "@effect/cli"
+import * as Options from "@effect/cli/Options"
 import type { Option, Redacted } from "effect"
 import { limitHelp, limitSpecs, type RelayLimits } from "../relay/Limits.ts"
 

@@ -3,7 +3,8 @@
  * order and with upstream's messages (protocol.md §1.1 steps 1-9). Env is read through Effect's
  * Config (tests swap the ConfigProvider) and files through FileSystem.
  */
-import { FileSystem, Path } from "@effect/platform"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Path from "@effect/platform/Path"
 import { Config, Data, Duration, Effect, Option, Redacted } from "effect"
 import {
   authMethodNames,

@@ -3,8 +3,13 @@
  * run against SystemdHost: the real machine unless the caller provides another (tests provide a
  * temporary root and a fake systemctl).
  */
-import { Args, Command, Options } from "@effect/cli"
-import { type CommandExecutor, type FileSystem, type HttpClient, type Path } from "@effect/platform"
+import * as Args from "@effect/cli/Args"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
+import type * as CommandExecutor from "@effect/platform/CommandExecutor"
+import type * as FileSystem from "@effect/platform/FileSystem"
+import type * as HttpClient from "@effect/platform/HttpClient"
+import type * as Path from "@effect/platform/Path"
 import { Effect, Option } from "effect"
 import { installRelayService, uninstallRelayService } from "../systemd/install.ts"
 import { SystemdHost, SystemdHostLive } from "../systemd/SystemdHost.ts"

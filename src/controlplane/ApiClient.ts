@@ -6,7 +6,9 @@
  * access token, a private key), so a response that does not decode is reported as such, without
  * the value that failed.
  */
-import { HttpClient, HttpClientRequest, HttpClientResponse } from "@effect/platform"
+import * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { Effect, Schedule, Schema } from "effect"
 import { RelayConfig } from "../RelayConfig.ts"
 import { ApiErrorBody } from "./Api.ts"

@@ -2,7 +2,7 @@
  * ControlPlane: the relay's calls to the Infisical API (protocol.md §2.6), one implementation per
  * mode behind one interface: register (start and renewal) and heartbeat.
  */
-import { HttpClientRequest } from "@effect/platform"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { Context, Effect, Layer, Redacted, Schema } from "effect"
 import { Auth } from "../Auth.ts"
 import { RelayConfig, registeredHost } from "../RelayConfig.ts"

@@ -12,9 +12,9 @@ import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import type { Duplex } from "node:stream"
-import { Console, Context, Duration, Effect, Layer, Metric, Option, Redacted } from "effect"
+import { Console, Context, Duration, Effect, Layer, Metric, Option, Redacted, Schedule } from "effect"
 import { relayLayer, startRelayLayers } from "../App.ts"
-import { sessionBytes, sessionsTotal, tagged } from "../observability/Metrics.ts"
+import { sessionBytes, sessionsActive, sessionsTotal, tagged } from "../observability/Metrics.ts"
 import { defaultTimers, type ListenAddress, RelayMode, type RelayConfigShape } from "../RelayConfig.ts"
 import * as ControlPlaneServer from "./ControlPlaneServer.ts"
 import { ControlPlaneEndpoint, DevControlPlane } from "./ControlPlaneServer.ts"
@@ -147,6 +147,12 @@ export const runDev = (options: DevOptions) =>
         )
       )
       const seconds = (Date.now() - transferStart) / 1000
+      // The relay counts a session's bytes when its side has ended, which can be just after ours.
+      yield* Metric.value(sessionsActive).pipe(
+        Effect.filterOrFail((active) => active.value === 0),
+        Effect.retry(Schedule.spaced(Duration.millis(20)).pipe(Schedule.upTo(Duration.seconds(5)))),
+        Effect.ignore
+      )
       const sessions = yield* Metric.value(sessionsTotal)
       const up = yield* Metric.value(tagged(sessionBytes, "direction", "client_to_gateway"))
       const down = yield* Metric.value(tagged(sessionBytes, "direction", "gateway_to_client"))

@@ -14,7 +14,7 @@
  * A notification that cannot be delivered is logged as a warning, never fatal.
  */
 import { execFile } from "node:child_process"
-import { FileSystem } from "@effect/platform"
+import * as FileSystem from "@effect/platform/FileSystem"
 import { Config, Effect, Option, type Scope } from "effect"
 
 /** Where `systemd-notify` is looked for: `$PATH`, then the usual system directories. */

@@ -2,10 +2,10 @@
  * Prometheus text for Effect's metrics, without hand-rolling the format: @effect/opentelemetry
  * turns the Effect metric registry into an OpenTelemetry MetricProducer, and OpenTelemetry's own
  * Prometheus exporter (its HTTP server disabled) collects and serializes it on each scrape.
+ *
+ * The OpenTelemetry packages are imported when the layer is built, i.e. only when the status
+ * server is on: a relay without `--status-addr` never loads them (docs/benchmarks.md, "Memory").
  */
-import * as Metrics from "@effect/opentelemetry/Metrics"
-import * as Resource from "@effect/opentelemetry/Resource"
-import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus"
 import { Context, Effect, Layer } from "effect"
 
 export class PrometheusText extends Context.Tag("relay/PrometheusText")<
@@ -13,8 +13,17 @@ export class PrometheusText extends Context.Tag("relay/PrometheusText")<
   { readonly scrape: Effect.Effect<string> }
 >() {}
 
+const loadOpenTelemetry = Effect.promise(() =>
+  Promise.all([
+    import("@effect/opentelemetry/Metrics"),
+    import("@effect/opentelemetry/Resource"),
+    import("@opentelemetry/exporter-prometheus")
+  ])
+)
+
 export const PrometheusTextLive = Layer.unwrapScoped(
   Effect.gen(function* () {
+    const [Metrics, Resource, { PrometheusExporter, PrometheusSerializer }] = yield* loadOpenTelemetry
     const exporter = new PrometheusExporter({ preventServerStart: true })
     // No target_info / otel_scope_* noise: operators scrape relay_* series.
     const serializer = new PrometheusSerializer(undefined, false, undefined, true, true)

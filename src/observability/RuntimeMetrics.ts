@@ -19,7 +19,14 @@ export const sshCertificateExpiry = Metric.gauge("relay_ssh_host_certificate_exp
   description: "valid-before of the relay's SSH host certificate in use, Unix time"
 })
 
-/** Start the event-loop monitor; `sample` publishes and resets it (called on each scrape). */
+export const heapUsedBytes = Metric.gauge("relay_process_heap_used_bytes", {
+  description: "V8 heap in use, sampled on each scrape"
+})
+export const residentMemoryBytes = Metric.gauge("relay_process_resident_memory_bytes", {
+  description: "Resident set size of the relay process, sampled on each scrape"
+})
+
+/** Start the event-loop monitor; `sample` publishes and resets it with the memory gauges (called on each scrape). */
 export const EventLoopMonitor = Effect.acquireRelease(
   Effect.sync(() => {
     const histogram = monitorEventLoopDelay({ resolution: 10 })
@@ -31,6 +38,9 @@ export const EventLoopMonitor = Effect.acquireRelease(
   Effect.tap(() => Effect.all([Metric.set(eventLoopLagSeconds, 0), Metric.set(eventLoopLagMaxSeconds, 0)])),
   Effect.map((histogram) =>
     Effect.gen(function* () {
+      const memory = process.memoryUsage()
+      yield* Metric.set(heapUsedBytes, memory.heapUsed)
+      yield* Metric.set(residentMemoryBytes, memory.rss)
       if (histogram.count === 0) return
       yield* Metric.set(eventLoopLagSeconds, histogram.percentile(99) / 1e9)
       yield* Metric.set(eventLoopLagMaxSeconds, histogram.max / 1e9)

@@ -2,10 +2,15 @@
  * The status server on `--status-addr`: `/healthz` (the process is alive), `/readyz` (registered,
  * listeners bound, not draining: 200, else 503) and `/metrics` (Prometheus text). Off unless an
  * address is given; it binds before registration so a stuck start is visible.
+ *
+ * Deep imports, and Node's HTTP server layer loaded only when the server starts: the package
+ * indexes of @effect/platform and @effect/platform-node load every module they hold (a relay
+ * without a status server would pay for them; docs/benchmarks.md, "Memory").
  */
 import { createServer } from "node:http"
-import { HttpRouter, HttpServer, HttpServerResponse } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
+import * as HttpRouter from "@effect/platform/HttpRouter"
+import * as HttpServer from "@effect/platform/HttpServer"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Effect, Layer } from "effect"
 import type { ListenAddress } from "../RelayConfig.ts"
 import { PrometheusText, PrometheusTextLive } from "./Prometheus.ts"
@@ -40,7 +45,13 @@ export const StatusAppLive = Layer.unwrapScoped(
 ).pipe(Layer.provide(PrometheusTextLive))
 
 export const StatusServerLive = (address: ListenAddress) =>
-  StatusAppLive.pipe(
-    HttpServer.withLogAddress,
-    Layer.provide(NodeHttpServer.layer(createServer, { host: address.host, port: address.port }))
+  Layer.unwrapEffect(
+    Effect.promise(() => import("@effect/platform-node/NodeHttpServer")).pipe(
+      Effect.map((NodeHttpServer) =>
+        StatusAppLive.pipe(
+          HttpServer.withLogAddress,
+          Layer.provide(NodeHttpServer.layer(createServer, { host: address.host, port: address.port }))
+        )
+      )
+    )
   )

@@ -4,7 +4,7 @@
  * value, so a reload (SIGHUP, src/relay/LimitsReload.ts) applies to the next connection or session;
  * connections already admitted are never closed because a cap went down.
  */
-import { FileSystem } from "@effect/platform"
+import * as FileSystem from "@effect/platform/FileSystem"
 import { Context, Data, Duration, Effect, Either, ParseResult, Schema, type Stream, SubscriptionRef } from "effect"
 import { parseDuration } from "../cli/duration.ts"
 

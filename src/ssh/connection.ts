@@ -358,10 +358,12 @@ export class Connection implements ChannelHost {
     const id = r.uint32()
     const pending = this.opening.get(id)
     if (pending === undefined) throw new SshProtocolError(`confirmation for unknown channel ${id}`)
-    this.opening.delete(id)
+    // Parse before taking it off `opening`: a truncated message ends the connection, whose close
+    // must still find (and reject) this open.
     const sender = r.uint32()
     const window = r.uint32()
     const maxPacket = r.uint32()
+    this.opening.delete(id)
     const ch = new SshChannel(this, {
       type: pending.type,
       localId: id,
@@ -384,9 +386,9 @@ export class Connection implements ChannelHost {
     const id = r.uint32()
     const pending = this.opening.get(id)
     if (pending === undefined) throw new SshProtocolError(`open failure for unknown channel ${id}`)
-    this.opening.delete(id)
     const code = r.uint32()
     const description = r.string(1024).replace(/[^\x20-\x7e]/g, "?")
+    this.opening.delete(id)
     clearTimeout(pending.timer)
     pending.reject(new ChannelOpenError(code, description === "" ? `channel open failed (code ${code})` : description))
   }

@@ -3,7 +3,8 @@
  * `/etc/infisical/relays/<name>.conf` for root, `~/.infisical/relays/<name>.conf` otherwise.
  * Directory 0700, file 0600, whole-file rewrite; the reader takes the first `KEY=` line.
  */
-import { FileSystem, Path } from "@effect/platform"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Path from "@effect/platform/Path"
 import { Effect } from "effect"
 
 export const StateKeys = {

@@ -4,7 +4,8 @@
  * way to run `systemctl`. Production: the real process, `/`, and `systemctl` from PATH. Tests: a
  * temporary directory as root and a recording fake systemctl, so nothing touches /etc or systemd.
  */
-import { Command, CommandExecutor } from "@effect/platform"
+import * as Command from "@effect/platform/Command"
+import * as CommandExecutor from "@effect/platform/CommandExecutor"
 import { Context, Data, Effect, Layer } from "effect"
 
 export class SystemctlError extends Data.TaggedError("SystemctlError")<{ readonly detail: string }> {

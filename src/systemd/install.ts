@@ -7,7 +7,9 @@
  * written or an enrollment token consumed; the enrollment token may also come from
  * `INFISICAL_RELAY_ENROLLMENT_TOKEN` (keeps it out of argv); secrets are Redacted until written.
  */
-import { FileSystem, HttpClient, Path } from "@effect/platform"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as HttpClient from "@effect/platform/HttpClient"
+import * as Path from "@effect/platform/Path"
 import { Config, Effect, Option, Redacted } from "effect"
 import { loginWithEnrollmentToken } from "../auth/relayLogin.ts"
 import { parseCustomHeaders } from "../cli/customHeaders.ts"

@@ -41,6 +41,8 @@ describe("soak (CI version)", () => {
       reconnectEverySeconds: 10,
       sampleEverySeconds: 1,
       maxRssSlopeMiBPerMinute: 60,
+      // Sampled without forcing a GC, over ~20 s: loose, it catches only a gross per-session leak.
+      maxHeapSlopeMiBPerMinute: 30,
       fdSlack: 2,
       runner: { kind: "tsx" },
       gatewayBin
