@@ -7,12 +7,12 @@
  * turn the other org waits behind. So each org gets a lane, and a lane may move `quantumBytes` per
  * round (one event-loop turn, ended by setImmediate). Bytes moved are a lane's debt, and every round
  * pays one quantum back; a lane more than a quantum in debt while another org has moved bytes in
- * this round or the last one is throttled: its sessions pause their sources until the debt is
- * within a quantum again. Nothing is buffered by this: a paused TLS socket stops reading, a paused SSH channel
- * stops replenishing its window, and the gateway stops sending.
+ * the last `activeWindowMs` (or is throttled) is throttled too: its sessions pause their sources
+ * until the debt is within a quantum again. Nothing is buffered by this: a paused TLS socket stops
+ * reading, a paused SSH channel stops replenishing its window, and the gateway stops sending.
  *
  * An org alone on the relay is never throttled (work-conserving), so a single tenant keeps the full
- * throughput; the cost per chunk is a map-free counter update.
+ * throughput; the cost per chunk is a clock read and a counter update.
  */
 
 export interface Lane {
@@ -36,32 +36,48 @@ interface LaneState {
   sessions: number
   /** Bytes moved and not yet paid back: each round pays back one quantum. */
   debt: number
-  /** The last round in which the lane moved bytes. */
-  activeRound: number
+  /** When the lane last moved bytes (ms). */
+  lastActiveAt: number
   waiters: Array<() => void>
 }
 
 /** 256 KiB per org per turn: ~1 ms of crypto work on this class of machine, bounding what a bulk org adds to another org's latency. */
 export const DEFAULT_QUANTUM_BYTES = 256 * 1024
 
-export const makeFairShare = (options: { readonly quantumBytes?: number } = {}): FairShare => {
+/**
+ * How recently another org must have moved bytes to count as competing. An interactive org moves
+ * bytes in bursts a round trip apart, far more than one event-loop turn: counting only the current
+ * turn would let a bulk org run unthrottled between another org's requests, and its long turns
+ * would then delay each of them.
+ */
+export const DEFAULT_ACTIVE_WINDOW_MS = 100
+
+export interface FairShareOptions {
+  readonly quantumBytes?: number
+  readonly activeWindowMs?: number
+  /** The clock (ms); tests pass their own. */
+  readonly now?: () => number
+}
+
+export const makeFairShare = (options: FairShareOptions = {}): FairShare => {
   const quantum = options.quantumBytes ?? DEFAULT_QUANTUM_BYTES
+  const activeWindowMs = options.activeWindowMs ?? DEFAULT_ACTIVE_WINDOW_MS
+  const now = options.now ?? Date.now
   const lanes = new Map<string, LaneState>()
   /** Lanes in debt (they moved bytes recently); each round pays back one quantum of each. */
   const indebted = new Set<LaneState>()
   const throttled = new Set<LaneState>()
-  let round = 1
   let roundEnding = false
-  /** Distinct orgs that moved bytes in this round and in the previous one, with the first of each. */
-  let activeNow = 0
-  let activeBefore = 0
-  let firstNow: LaneState | undefined
-  let firstBefore: LaneState | undefined
+  /** The last two distinct lanes that moved bytes, most recent first: enough to know whether another one did. */
+  let latest: LaneState | undefined
+  let previous: LaneState | undefined
 
-  /** Another org moved bytes in this round or the last one, or is throttled (it wants to move bytes). */
-  const contendedFor = (lane: LaneState) =>
-    activeNow > 1 || activeBefore > 1 || (activeBefore === 1 && firstBefore !== lane) ||
-    throttled.size > (throttled.has(lane) ? 1 : 0)
+  /** Another org moved bytes within the active window, or is throttled (it wants to move bytes). */
+  const contendedFor = (lane: LaneState) => {
+    const other = latest === lane ? previous : latest
+    if (other !== undefined && lanes.get(other.org) === other && now() - other.lastActiveAt <= activeWindowMs) return true
+    return throttled.size > (throttled.has(lane) ? 1 : 0)
+  }
 
   const scheduleRoundEnd = () => {
     if (roundEnding) return
@@ -71,11 +87,6 @@ export const makeFairShare = (options: { readonly quantumBytes?: number } = {}):
 
   const endRound = () => {
     roundEnding = false
-    round++
-    activeBefore = activeNow
-    firstBefore = firstNow
-    activeNow = 0
-    firstNow = undefined
     for (const lane of indebted) {
       lane.debt = Math.max(0, lane.debt - quantum)
       if (lane.debt === 0) indebted.delete(lane)
@@ -92,9 +103,10 @@ export const makeFairShare = (options: { readonly quantumBytes?: number } = {}):
   }
 
   const charge = (lane: LaneState, bytes: number): boolean => {
-    if (lane.activeRound !== round) {
-      lane.activeRound = round
-      if (activeNow++ === 0) firstNow = lane
+    lane.lastActiveAt = now()
+    if (latest !== lane) {
+      previous = latest
+      latest = lane
     }
     lane.debt += bytes
     indebted.add(lane)
@@ -106,7 +118,7 @@ export const makeFairShare = (options: { readonly quantumBytes?: number } = {}):
     lane: (org) => {
       let state = lanes.get(org)
       if (!state) {
-        state = { org, sessions: 0, debt: 0, activeRound: 0, waiters: [] }
+        state = { org, sessions: 0, debt: 0, lastActiveAt: 0, waiters: [] }
         lanes.set(org, state)
       }
       state.sessions++
