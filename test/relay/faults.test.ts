@@ -117,6 +117,16 @@ const RSS_SETTLE_MS = 60_000
 
 const fmt = (bytes: number) => `${(bytes / MiB).toFixed(1)} MiB`
 
+
+/** Nothing, or nothing but plaintext TLS alert records (type 21, two-byte body): no application byte. */
+const onlyTlsAlerts = (bytes: Buffer): boolean => {
+  for (let at = 0; at < bytes.length; at += 7) {
+    const record = bytes.subarray(at, at + 7)
+    if (record.length < 7 || record[0] !== 21 || record[1] !== 3 || record.readUInt16BE(3) !== 2) return false
+  }
+  return true
+}
+
 describe("faults against a relay subprocess", () => {
   let r: Awaited<ReturnType<typeof startObservedRelay>>
   beforeAll(async () => {
@@ -315,8 +325,10 @@ describe("faults against a relay subprocess", () => {
     }
     const tlsResults = results.filter((a) => a.port === r.h.tlsPort)
     const sshResults = results.filter((a) => a.port === r.h.sshPort)
-    // The TLS port never writes a byte to any of them, and closes every one of them.
-    expect(tlsResults.filter((a) => a.result.received.length > 0 || a.result.end !== "closed").map(describeResult).join("\n")).toBe("")
+    // The TLS port writes nothing to any of them but, at most, TLS's own alert (random bytes that
+    // start like a handshake record get OpenSSL's decode_error alert, as Go's server sends one),
+    // and closes every one of them.
+    expect(tlsResults.filter((a) => !onlyTlsAlerts(a.result.received) || a.result.end !== "closed").map(describeResult).join("\n")).toBe("")
     // The relay stays up, its sockets come back to what they were, and the good session still works.
     expect(r.alive()).toBe(true)
     // Every connection the flood made is gone: the relay's connections on its two ports are the
