@@ -26,7 +26,7 @@ import { fdCount, optionalFlags, type RelayRunner, relayStartHelp, startLoadRela
 import { fmt, LOAD_DOC, machine, markdownTable, writeSection } from "./lib/loadReport.ts"
 import { openEchoSession, roundTrip } from "./lib/loadSessions.ts"
 import { MiB, percentile } from "./lib/measure.ts"
-import { installExitHooks, Proc, settledRssKiB, stopAll } from "./lib/procs.ts"
+import { installExitHooks, Proc, settledRssKiB, runToExit, stopAll } from "./lib/procs.ts"
 import { type Gateway, startGateway } from "./lib/subjects.ts"
 
 const { values: args } = parseArgs({
@@ -345,11 +345,4 @@ const main = async (): Promise<number> => {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  async (err: unknown) => {
-    process.stderr.write(`load: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
-    await stopAll()
-    process.exit(1)
-  }
-)
+runToExit("load", main)

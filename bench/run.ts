@@ -32,7 +32,7 @@ import {
   type Settings,
   sshLayer
 } from "./lib/measure.ts"
-import { installExitHooks, type Proc, stopAll } from "./lib/procs.ts"
+import { installExitHooks, type Proc, runToExit, stopAll } from "./lib/procs.ts"
 import { summarizeProfile } from "./lib/profile.ts"
 import { MARKERS, type Results, type SshLayerResults, type SubjectKind, type SubjectResults, table, writeDoc } from "./lib/report.ts"
 import {
@@ -383,11 +383,4 @@ const main = async (): Promise<number> => {
   return failed ? 1 : 0
 }
 
-main().then(
-  (code) => process.exit(code),
-  async (err: unknown) => {
-    process.stderr.write(`bench failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
-    await stopAll()
-    process.exit(1)
-  }
-)
+runToExit("bench", main)

@@ -13,7 +13,7 @@ import { parseArgs } from "node:util"
 import { buildGo, buildRelay, goVersion, repoRoot } from "./lib/build.ts"
 import { makeLoadMaterial } from "./lib/loadMaterial.ts"
 import { fmt, LOAD_DOC, machine, markdownTable, writeSection } from "./lib/loadReport.ts"
-import { installExitHooks, stopAll } from "./lib/procs.ts"
+import { installExitHooks, runToExit, stopAll } from "./lib/procs.ts"
 import { runSoak, type SoakResult } from "./lib/soakRun.ts"
 
 const { values: args } = parseArgs({
@@ -115,11 +115,4 @@ const main = async (): Promise<number> => {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  async (err: unknown) => {
-    process.stderr.write(`soak: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
-    await stopAll()
-    process.exit(1)
-  }
-)
+runToExit("soak", main)

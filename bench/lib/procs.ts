@@ -157,6 +157,18 @@ export const stopAll = async (): Promise<void> => {
   await Promise.all([...all].map((p) => p.stop("SIGTERM", 3_000)))
 }
 
+/** Run a bench program's main: exit with its code, or report the error, stop every child and exit 1. */
+export const runToExit = (label: string, main: () => Promise<number>): void => {
+  main().then(
+    (code) => process.exit(code),
+    async (err: unknown) => {
+      process.stderr.write(`${label} failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
+      await stopAll()
+      process.exit(1)
+    }
+  )
+}
+
 let hooked = false
 /** Kill children on exit and on SIGINT/SIGTERM of the harness. */
 export const installExitHooks = (): void => {

@@ -19,6 +19,7 @@ import { DEFAULT_MAX_PACKET_LENGTH, Transport } from "../../src/ssh/transport.ts
 import { publicKeySignedData } from "../../src/ssh/userauth.ts"
 import { sign } from "../../src/ssh/keys.ts"
 import { SshWriter } from "../../src/ssh/wire.ts"
+import { mutate } from "../support/fuzzLive.ts"
 
 setFlagsFromString("--expose_gc")
 const gc = runInNewContext("gc") as () => void
@@ -51,17 +52,6 @@ const mutation = fc.record({
   truncate: fc.option(fc.nat(), { nil: undefined }),
   insert: fc.option(fc.tuple(fc.nat(), fc.uint8Array({ maxLength: 16 })), { nil: undefined })
 })
-type Mutation = typeof mutation extends fc.Arbitrary<infer T> ? T : never
-const mutate = (base: Uint8Array, m: Mutation): Buffer => {
-  let b = Buffer.from(base)
-  for (const [pos, x] of m.flips) if (b.length > 0) b[pos % b.length]! ^= x
-  if (m.insert !== undefined) {
-    const at = m.insert[0] % (b.length + 1)
-    b = Buffer.concat([b.subarray(0, at), m.insert[1], b.subarray(at)])
-  }
-  if (m.truncate !== undefined) b = b.subarray(0, m.truncate % (b.length + 1))
-  return b
-}
 
 describe("fuzzing the server", () => {
   let pki: TestPki
