@@ -22,6 +22,12 @@ export const sshCertificateExpiry = Metric.gauge("relay_ssh_host_certificate_exp
 export const heapUsedBytes = Metric.gauge("relay_process_heap_used_bytes", {
   description: "V8 heap in use, sampled on each scrape"
 })
+export const heapTotalBytes = Metric.gauge("relay_process_heap_total_bytes", {
+  description: "V8 heap reserved (used and free), sampled on each scrape"
+})
+export const externalMemoryBytes = Metric.gauge("relay_process_buffer_bytes", {
+  description: "Buffers and ArrayBuffers held outside the V8 heap (socket and packet data), sampled on each scrape"
+})
 export const residentMemoryBytes = Metric.gauge("relay_process_resident_memory_bytes", {
   description: "Resident set size of the relay process, sampled on each scrape"
 })
@@ -40,6 +46,8 @@ export const EventLoopMonitor = Effect.acquireRelease(
     Effect.gen(function* () {
       const memory = process.memoryUsage()
       yield* Metric.set(heapUsedBytes, memory.heapUsed)
+      yield* Metric.set(heapTotalBytes, memory.heapTotal)
+      yield* Metric.set(externalMemoryBytes, memory.arrayBuffers)
       yield* Metric.set(residentMemoryBytes, memory.rss)
       if (histogram.count === 0) return
       yield* Metric.set(eventLoopLagSeconds, histogram.percentile(99) / 1e9)

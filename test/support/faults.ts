@@ -19,6 +19,12 @@ export const rssOf = (pid: number): number => {
   return Number(m[1]) * 1024
 }
 
+/** Resident bytes of the C allocator's main heap (the `[heap]` mapping in /proc/<pid>/smaps). */
+export const mallocHeapOf = (pid: number): number => {
+  const m = /\[heap\]\n(?:.*\n)*?Rss:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/smaps`, "utf8"))
+  return m ? Number(m[1]) * 1024 : 0
+}
+
 /** Open sockets of a process: its file descriptors that are sockets (listeners included). */
 export const socketCount = (pid: number): number =>
   fs.readdirSync(`/proc/${pid}/fd`).filter((fd) => {
