@@ -25,7 +25,6 @@ import { startRelay } from "../../src/Cli.ts"
 import type { StartFlags } from "../../src/cli/StartOptions.ts"
 import * as ControlPlaneServer from "../../src/dev/ControlPlaneServer.ts"
 import { ControlPlaneEndpoint, DevControlPlane, makeAuthorities } from "../../src/dev/ControlPlaneServer.ts"
-import { freePort as devFreePort } from "../../src/dev/DevCommand.ts"
 import { DEFAULT_USER_EXTENSIONS, generateRsaSshKey, relativeValidity, sshCertSerial } from "../../src/dev/sshIssue.ts"
 import { RELAY_CONNECTING_GATEWAY_INFO_OID } from "../../src/pki/profile.ts"
 import {
@@ -54,8 +53,39 @@ import { type RelayProcess, spawnRelay } from "./relayProcess.ts"
 
 const SECRET = "harness-relay-secret"
 
-/** A free loopback port (bind 0, read, close), as `relay dev` picks its ports. */
-export const freePort = (): Promise<number> => Effect.runPromise(devFreePort)
+/**
+ * A free loopback port for a listener a test starts later (a relay subprocess's flags).
+ *
+ * Not "bind 0, read, close": that hands out a port from the kernel's ephemeral range
+ * (/proc/sys/net/ipv4/ip_local_port_range, 32768-60999), where any outgoing connection of any
+ * test file running in parallel may take it as its local port before our listener binds
+ * (EADDRINUSE, seen in CI). Ports here come from below that range, from a slice of its own per
+ * vitest worker, never twice in a process, and are checked free by binding them.
+ */
+const PORTS_FROM = 20_000
+const PORTS_TO = 32_000
+const PORTS_PER_WORKER = 1_500
+const handedOut = new Set<number>()
+
+const bindable = (port: number): Promise<boolean> =>
+  new Promise((resolve) => {
+    const server = net.createServer()
+    server.once("error", () => resolve(false))
+    server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)))
+  })
+
+export const freePort = async (): Promise<number> => {
+  const worker = Number(process.env["VITEST_POOL_ID"] ?? "1")
+  const slices = Math.floor((PORTS_TO - PORTS_FROM) / PORTS_PER_WORKER)
+  const first = PORTS_FROM + (((worker - 1) % slices + slices) % slices) * PORTS_PER_WORKER
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = first + Math.floor(Math.random() * PORTS_PER_WORKER)
+    if (handedOut.has(port)) continue
+    handedOut.add(port)
+    if (await bindable(port)) return port
+  }
+  throw new Error(`no free port in ${first}-${first + PORTS_PER_WORKER - 1} after 200 attempts`)
+}
 
 const noFlags = [
   "name", "host", "type", "enrollMethod", "token", "relayId", "domain", "authMethod", "clientId", "clientSecret",
