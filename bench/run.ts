@@ -6,8 +6,10 @@
  *
  *   npm run bench [-- --quick] [--reps N] [--only perf,memory,ssh,profile]
  *                 [--subjects go,ours,direct] [--relay-runner dist|tsx] [--relay-bin PATH] [--no-write]
+ *                 [--keep-profile FILE]
  *
  * --relay-bin runs a given compiled bin.js (e.g. a build of another commit) instead of building src/.
+ * --keep-profile copies the relay's .cpuprofile there (open it in Chrome DevTools or speedscope).
  *
  * Our relay is always a `relay start` subprocess (its pid is what CPU and RSS are read from); the
  * harness process holds the control plane and the client. Every child process is killed at the
@@ -75,6 +77,7 @@ const subjects = list("subjects", ["go", "ours", "direct"]) as ReadonlyArray<Sub
 const runnerKind = option("relay-runner") ?? "dist"
 const relayBinOption = option("relay-bin")
 const write = !flag("no-write")
+const keepProfile = option("keep-profile")
 const DELAY_MS = 25
 
 // ---------------------------------------------------------------------------------------------
@@ -231,14 +234,17 @@ const ssh = async (kind: "go" | "ours", m: Material, bins: Bins, r: SshLayerResu
   }
 }
 
-/** `node --cpu-prof` on our relay while one session moves bytes down, then up. */
-const profile = async (m: Material, bins: Bins, res: SubjectResults): Promise<Results["profile"]> => {
+/** `node --cpu-prof` on our relay while one session moves bytes down, then up; then while 64
+ *  workers open sessions back to back. */
+const profile = async (m: Material, bins: Bins, res: SubjectResults): Promise<Pick<Results, "profile" | "profileSessions">> => {
   const dir = path.join(m.dir, "cpu-prof")
   fs.mkdirSync(dir, { recursive: true })
   const procs: Array<Proc> = []
   const spawnedAt = performance.now()
   let window: [number, number]
+  let sessionsWindow: [number, number]
   let bytes: number
+  let sessions: number
   try {
     const relay = await startRelay("ours", m, bins, dir)
     procs.push(relay.proc)
@@ -254,6 +260,10 @@ const profile = async (m: Material, bins: Bins, res: SubjectResults): Promise<Re
     await bulkUp(target, up)
     window = [from - 200, performance.now() - spawnedAt + 200]
     bytes = down + up
+    const sessionsFrom = performance.now() - spawnedAt
+    const rated = await sessionRate(target, undefined, { ...settings, reps: 1 })
+    sessionsWindow = [sessionsFrom, performance.now() - spawnedAt]
+    sessions = Math.round(rated.perSecond * settings.rateSeconds)
     await gw.proc.stop()
     const exit = await relay.proc.stop("SIGTERM", 15_000)
     if (exit.code !== 0) log(`profile: relay exited ${exit.code ?? exit.signal}`)
@@ -262,11 +272,21 @@ const profile = async (m: Material, bins: Bins, res: SubjectResults): Promise<Re
   }
   const file = fs.readdirSync(dir).find((f) => f.endsWith(".cpuprofile"))
   if (file === undefined) throw new Error("the relay wrote no .cpuprofile")
-  const summary = summarizeProfile(path.join(dir, file), window)
+  if (keepProfile !== undefined) {
+    fs.copyFileSync(path.join(dir, file), keepProfile)
+    log(`profile: kept as ${keepProfile} (byte path ${window.map(Math.round).join("-")} ms, sessions ${sessionsWindow.map(Math.round).join("-")} ms)`)
+  }
   return {
-    ...summary,
-    note: `One session through our relay (compiled, \`node --cpu-prof\`), ${Math.round(bytes / MiB)} MiB in total, ` +
-      `gateway→client then client→gateway; samples from the transfer window only, idle excluded.`
+    profile: {
+      ...summarizeProfile(path.join(dir, file), window),
+      note: `One session through our relay (compiled, \`node --cpu-prof\`), ${Math.round(bytes / MiB)} MiB in total, ` +
+        `gateway→client then client→gateway; samples from the transfer window only, idle excluded.`
+    },
+    profileSessions: {
+      ...summarizeProfile(path.join(dir, file), sessionsWindow),
+      note: `The same relay while ${settings.concurrency} workers open backend-style ping sessions back to back ` +
+        `(about ${sessions} sessions in ${settings.rateSeconds} s); idle excluded.`
+    }
   }
 }
 
@@ -315,7 +335,8 @@ const main = async (): Promise<number> => {
   const res = {
     subjects: { direct: empty(), go: empty(), ours: empty() } as Record<SubjectKind, SubjectResults>,
     ssh: { go: { errors: {} }, ours: { errors: {} } } as Record<"go" | "ours", SshLayerResults>,
-    profile: undefined as Results["profile"]
+    profile: undefined as Results["profile"],
+    profileSessions: undefined as Results["profileSessions"]
   }
   try {
     if (phases.has("perf")) for (const kind of subjects) await perf(kind, m, bins, res.subjects[kind])
@@ -327,7 +348,7 @@ const main = async (): Promise<number> => {
     }
     if (phases.has("profile") && subjects.includes("ours")) {
       try {
-        res.profile = await profile(m, bins, res.subjects.ours)
+        Object.assign(res, await profile(m, bins, res.subjects.ours))
         log("profile: done")
       } catch (err) {
         log(`profile FAILED: ${err instanceof Error ? err.message : String(err)}`)
@@ -362,11 +383,11 @@ const main = async (): Promise<number> => {
     }
   }
   process.stdout.write(`\n${table(results)}\n\n`)
-  if (results.profile !== undefined) {
-    process.stdout.write(`profile (${(results.profile.busyMs / 1000).toFixed(2)} s busy):\n`)
-    for (const e of results.profile.top) {
-      process.stdout.write(`  ${e.percent.toFixed(1).padStart(5)} %  ${e.name}  ${e.where}  <- ${e.via}\n`)
-    }
+  for (const [what, p] of [["byte path", results.profile], ["new sessions", results.profileSessions]] as const) {
+    if (p === undefined) continue
+    process.stdout.write(`profile, ${what} (${(p.busyMs / 1000).toFixed(2)} s busy):\n`)
+    for (const a of p.areas.slice(0, 8)) process.stdout.write(`  ${a.percent.toFixed(1).padStart(5)} %  [${a.area}]\n`)
+    for (const e of p.top) process.stdout.write(`  ${e.percent.toFixed(1).padStart(5)} %  ${e.name}  ${e.where}  <- ${e.via}\n`)
     process.stdout.write("\n")
   }
   const complete = phases.size === 4 && subjects.length === 3 && !quick

@@ -49,6 +49,7 @@ export interface Results {
   readonly subjects: Record<SubjectKind, SubjectResults>
   readonly ssh: Record<"go" | "ours", SshLayerResults>
   readonly profile?: ProfileSummary & { readonly note: string } | undefined
+  readonly profileSessions?: ProfileSummary & { readonly note: string } | undefined
 }
 
 type Better = "higher" | "lower"
@@ -168,7 +169,7 @@ const errorLines = (res: Results): Array<string> => {
   return out
 }
 
-const profileSection = (p: NonNullable<Results["profile"]>): string => {
+const profileSection = (p: ProfileSummary & { readonly note: string }): string => {
   const lines = [
     `${p.note} Busy CPU in the window: ${(p.busyMs / 1000).toFixed(2)} s.`,
     "",
@@ -205,7 +206,8 @@ export const generated = (res: Results): string => {
       ? ["Nowhere by more than 5 %."]
       : losses.map((r) => `- ${r.metric}: ${fmt(r.cells.ours, r.digits)} vs Go ${fmt(r.cells.go, r.digits)} (ours/Go ${verdict(r).ratio!.toFixed(2)})`)),
     ...(errors.length === 0 ? [] : ["", "### Failures in this run", "", ...errors]),
-    ...(res.profile === undefined ? [] : ["", "### CPU profile of our relay: one session's byte path", "", profileSection(res.profile)])
+    ...(res.profile === undefined ? [] : ["", "### CPU profile of our relay: one session's byte path", "", profileSection(res.profile)]),
+    ...(res.profileSessions === undefined ? [] : ["", "### CPU profile of our relay: new sessions", "", profileSection(res.profileSessions)])
   ].join("\n")
 }
 

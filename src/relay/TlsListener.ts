@@ -15,7 +15,7 @@
  */
 import * as net from "node:net"
 import * as tls from "node:tls"
-import { Duration, Effect, FiberMap, FiberSet, Layer, Metric, Stream } from "effect"
+import { Duration, Effect, FiberSet, Layer, Metric, Stream } from "effect"
 import { Credentials } from "../Credentials.ts"
 import {
   heartbeatProbes,
@@ -74,8 +74,8 @@ export const TlsListenerLive = Layer.scopedDiscard(
     const drain = yield* Drain
     const limits = yield* Limits
     const bundle = yield* credentials.current
-    const sessions = yield* FiberMap.make<number>()
-    const run = yield* FiberMap.runtime(sessions)<never>()
+    const sessions = yield* FiberSet.make()
+    const run = yield* FiberSet.runtime(sessions)<never>()
     const background = yield* FiberSet.makeRuntime<never>()
     const slots = new SessionSlots()
     const fairShare = makeFairShare()
@@ -252,13 +252,13 @@ export const TlsListenerLive = Layer.scopedDiscard(
       socket.allowHalfOpen = true
       socket.on("error", () => socket.destroy())
       const id = nextId++
-      run(id, session(socket, id))
+      run(session(socket, id))
     })
 
     const bound = yield* bindListener(front, { label: "TLS", port: config.tlsPort, host: config.listenHost })
     yield* drain.register({
       stopAccepting: Effect.sync(() => front.close()),
-      idle: Effect.ignore(FiberMap.awaitEmpty(sessions))
+      idle: Effect.ignore(FiberSet.awaitEmpty(sessions))
     })
     yield* Effect.logInfo(`TLS server listening on ${displayAddress(config.listenHost, bound.address)} for clients`)
   })
