@@ -41,6 +41,13 @@ export const TUNNEL_KEEPALIVE = { intervalMs: 15_000, timeoutMs: 30_000 } as con
 /** How long a registered tunnel has to prove it is alive when its gateway connects again. */
 export const STALE_CHECK_MS = 3_000
 
+/**
+ * The most a session's SSH window may grow to (it starts at 8 MiB, Go's relay keeps 2 MiB): room
+ * for ~160 MiB/s at 100 ms round trip. It is also what a stalled client can make the relay hold
+ * for a session whose window grew, so it stays modest.
+ */
+export const MAX_CHANNEL_WINDOW = 16 * 1024 * 1024
+
 const toTunnel = (conn: SshServerConnection<CertificateVerdict>, gatewayId: string, gatewayName: string): Tunnel => ({
   gatewayId,
   gatewayName,
@@ -105,7 +112,10 @@ export const SshListenerLive = Layer.scopedDiscard(
             // From accept: a peer that trickles its version line or stalls the key exchange is bounded too.
             authTimeoutMs: Duration.toMillis(limits.current().sshHandshakeTimeout),
             // Read at each open, so a reload applies to live tunnels' next channels.
-            maxChannels: () => capOf(limits.current().maxChannelsPerTunnel)
+            maxChannels: () => capOf(limits.current().maxChannelsPerTunnel),
+            // A session to a far gateway (a window arrives within a few round trips) may double its
+            // 8 MiB window up to this; near gateways keep 8 MiB (src/ssh/channel.ts).
+            maxWindowSize: MAX_CHANNEL_WINDOW
           },
           hostKey: bundle.ssh.hostKey,
           authenticate: ({ username, certificate }) =>

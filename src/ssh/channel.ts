@@ -10,9 +10,11 @@
  * window is replenished only as the consumer takes data out of the readable buffer, in steps of an
  * eighth of the window (so a peer far away is never idle waiting for a half-window grant), and a
  * slow consumer stops the peer instead of growing our memory: at most one window per channel is
- * ever buffered. The window starts at `windowSize` and, while the reader keeps up with a peer that
- * keeps sending, doubles up to `maxWindowSize`: fast streams get room for long round trips, a
- * stalled reader holds at most the window it had.
+ * ever buffered. The window starts at `windowSize` and doubles, up to `maxWindowSize`, each time
+ * a whole window arrives within a few round trips to the peer while the reader keeps up: then the
+ * window is what limits the stream (bandwidth x delay above it), not the reader or the peer. A
+ * stream on a short path (a window takes many round trips) keeps `windowSize`; a stalled reader
+ * holds at most the window it had.
  *
  * `end()` sends CHANNEL_EOF after all written data; `destroy()` sends CHANNEL_CLOSE. A remote EOF
  * ends the readable side; a remote CLOSE ends the readable side, discards any unsent data, and
@@ -32,6 +34,8 @@ export interface ChannelHost {
   waitWritable(channel: SshChannel): void
   /** Both sides have sent CHANNEL_CLOSE: the local id may be reused. */
   release(channel: SshChannel): void
+  /** The round trip to the peer in ms, when known (no estimate: the window never grows). */
+  roundTripMs?(): number | undefined
 }
 
 export interface ChannelParams {
@@ -40,7 +44,7 @@ export interface ChannelParams {
   readonly remoteId: number
   /** our initial window (what the peer may send before our first WINDOW_ADJUST) */
   readonly windowSize: number
-  /** the window may grow to this while the reader keeps up (default: windowSize, a fixed window) */
+  /** the window may grow to this (default: windowSize, a fixed window) */
   readonly maxWindowSize?: number
   /** largest CHANNEL_DATA we accept */
   readonly localMaxPacket: number
@@ -51,6 +55,12 @@ export interface ChannelParams {
 const MAX_WINDOW = 0xffff_ffff
 /** Grant window back in steps of this fraction of the window (x/crypto grants per read, OpenSSH per 3 packets). */
 const ADJUST_STEPS = 8
+/**
+ * A window that arrives within this many round trips is what limits its stream. Window-bound, a
+ * stream moves one window per round trip plus the time to grant it back; bound by CPU or by the
+ * reader, a window takes many round trips (8 MiB at 200 MiB/s is 40 ms: 40 round trips of 1 ms).
+ */
+const WINDOW_BOUND_ROUND_TRIPS = 3
 
 interface PendingWrite {
   readonly chunk: Buffer
@@ -66,8 +76,9 @@ export class SshChannel extends Duplex {
   private readonly maxWindowSize: number
   /** the window we currently keep open: the peer's allowance plus what sits unread in our buffer */
   private window: number
-  /** `received` when the window last grew */
-  private receivedAtGrowth = 0
+  /** `received` and the time when the current window's worth started arriving */
+  private receivedAtPeriod = 0
+  private periodStartedAt = performance.now()
   private readonly localMaxPacket: number
   private readonly remoteMaxPacket: number
   private remoteWindow: number
@@ -292,18 +303,23 @@ export class SshChannel extends Duplex {
     const buffered = this.readableLength
     let grant = this.window - this.localWindow - buffered
     if (grant < this.window / ADJUST_STEPS || grant <= 0) return
-    // The reader keeps up and the peer has sent a whole window since the last growth: the window,
-    // not the reader, may be what limits this stream, so let it grow (memory stays bounded by
-    // maxWindowSize, and a reader that falls behind stops the growth).
-    if (
-      this.window < this.maxWindowSize &&
-      buffered <= this.window / ADJUST_STEPS &&
-      this.received - this.receivedAtGrowth >= this.window
-    ) {
-      const extra = Math.min(this.window, this.maxWindowSize - this.window)
-      this.window += extra
-      grant += extra
-      this.receivedAtGrowth = this.received
+    if (this.window < this.maxWindowSize && this.received - this.receivedAtPeriod >= this.window) {
+      // A whole window arrived: within a few round trips, with the reader keeping up, the window is
+      // what limits this stream, so it grows (memory stays bounded by maxWindowSize, and a reader
+      // that falls behind stops the growth).
+      const now = performance.now()
+      const roundTrip = this.host.roundTripMs?.()
+      if (
+        roundTrip !== undefined &&
+        now - this.periodStartedAt < WINDOW_BOUND_ROUND_TRIPS * roundTrip &&
+        buffered <= this.window / ADJUST_STEPS
+      ) {
+        const extra = Math.min(this.window, this.maxWindowSize - this.window)
+        this.window += extra
+        grant += extra
+      }
+      this.receivedAtPeriod = this.received
+      this.periodStartedAt = now
     }
     this.granted += grant
     this.host.sendControl(

@@ -46,6 +46,11 @@ export type ChannelOpenPolicy = (type: string, extra: Buffer) => ChannelOpenDeci
 export interface ChannelLimits {
   /** our initial window per channel (default 8 MiB) */
   readonly windowSize?: number
+  /**
+   * what a channel's window may grow to when a whole window arrives within a few round trips
+   * (a stream limited by bandwidth x delay, not by its reader or the peer); default: windowSize
+   */
+  readonly maxWindowSize?: number
   /** the largest CHANNEL_DATA we accept, advertised as the channel's maximum packet size (default 32 KiB) */
   readonly channelMaxPacket?: number
   /**
@@ -73,11 +78,14 @@ interface PendingOpen {
   readonly reject: (error: Error) => void
   timer: NodeJS.Timeout | undefined
   timedOut: boolean
+  /** performance.now() when the open was sent: its answer is a round-trip sample */
+  readonly sentAt: number
 }
 
 interface PendingRequest {
   readonly resolve: (ok: boolean) => void
   readonly reject: (error: Error) => void
+  readonly sentAt: number
 }
 
 export class Connection implements ChannelHost {
@@ -89,8 +97,11 @@ export class Connection implements ChannelHost {
   private closed = false
   private keepaliveTimer: NodeJS.Timeout | undefined
   readonly windowSize: number
+  readonly maxWindowSize: number
   readonly maxPacket: number
   private readonly channelLimit: () => number
+  /** The shortest round trip seen (a channel open or global request to its reply), ms. */
+  private minRoundTripMs: number | undefined
 
   constructor(
     private readonly transport: Transport,
@@ -98,6 +109,7 @@ export class Connection implements ChannelHost {
     limits: ChannelLimits | undefined
   ) {
     this.windowSize = Math.min(MAX_WINDOW, Math.max(1024, limits?.windowSize ?? DEFAULT_WINDOW_SIZE))
+    this.maxWindowSize = Math.min(MAX_WINDOW, Math.max(this.windowSize, limits?.maxWindowSize ?? 0))
     this.maxPacket = Math.max(1024, limits?.channelMaxPacket ?? DEFAULT_CHANNEL_MAX_PACKET)
     const limit = limits?.maxChannels ?? DEFAULT_MAX_CHANNELS
     this.channelLimit = typeof limit === "function" ? () => Math.max(1, limit()) : () => Math.max(1, limit)
@@ -105,6 +117,19 @@ export class Connection implements ChannelHost {
 
   get maxChannels(): number {
     return this.channelLimit()
+  }
+
+  /**
+   * The round trip to the peer, as the shortest seen from a channel open or global request to its
+   * answer (the shortest: the others include the peer's and our own scheduling delays).
+   */
+  roundTripMs(): number | undefined {
+    return this.minRoundTripMs
+  }
+
+  private sampleRoundTrip(sentAt: number): void {
+    const ms = performance.now() - sentAt
+    if (this.minRoundTripMs === undefined || ms < this.minRoundTripMs) this.minRoundTripMs = ms
   }
 
   get channelCount(): number {
@@ -121,7 +146,7 @@ export class Connection implements ChannelHost {
       const limit = this.maxChannels
       if (this.channelCount >= limit) return reject(new ChannelLimitError(limit))
       const id = this.allocateId()
-      const pending: PendingOpen = { type, resolve, reject, timer: undefined, timedOut: false }
+      const pending: PendingOpen = { type, resolve, reject, timer: undefined, timedOut: false, sentAt: performance.now() }
       if (timeoutMs !== undefined) {
         pending.timer = setTimeout(() => {
           // Keep the id reserved: a late confirmation is answered with CLOSE.
@@ -150,7 +175,7 @@ export class Connection implements ChannelHost {
   globalRequest(name: string, data: Uint8Array = Buffer.alloc(0)): Promise<boolean> {
     return new Promise<boolean>((resolve, reject) => {
       if (this.closed) return reject(new ConnectionClosedError("connection closed"))
-      this.requests.push({ resolve, reject })
+      this.requests.push({ resolve, reject, sentAt: performance.now() })
       this.transport.send(
         Buffer.from(new SshWriter(32 + name.length + data.length).byte(MSG.GLOBAL_REQUEST).string(name).boolean(true).raw(data).toBuffer())
       )
@@ -244,6 +269,7 @@ export class Connection implements ChannelHost {
       case MSG.REQUEST_FAILURE: {
         const req = this.requests.shift()
         if (req === undefined) throw new SshProtocolError("reply to a global request we did not send")
+        this.sampleRoundTrip(req.sentAt)
         req.resolve(type === MSG.REQUEST_SUCCESS)
         return
       }
@@ -335,6 +361,7 @@ export class Connection implements ChannelHost {
       localId: id,
       remoteId: sender,
       windowSize: this.windowSize,
+      maxWindowSize: this.maxWindowSize,
       localMaxPacket: this.maxPacket,
       remoteWindow: window,
       remoteMaxPacket: Math.min(maxPacket, SEND_MAX_PACKET)
@@ -364,11 +391,13 @@ export class Connection implements ChannelHost {
     const window = r.uint32()
     const maxPacket = r.uint32()
     this.opening.delete(id)
+    this.sampleRoundTrip(pending.sentAt)
     const ch = new SshChannel(this, {
       type: pending.type,
       localId: id,
       remoteId: sender,
       windowSize: this.windowSize,
+      maxWindowSize: this.maxWindowSize,
       localMaxPacket: this.maxPacket,
       remoteWindow: window,
       remoteMaxPacket: Math.min(maxPacket, SEND_MAX_PACKET)
@@ -389,6 +418,7 @@ export class Connection implements ChannelHost {
     const code = r.uint32()
     const description = r.string(1024).replace(/[^\x20-\x7e]/g, "?")
     this.opening.delete(id)
+    this.sampleRoundTrip(pending.sentAt)
     clearTimeout(pending.timer)
     pending.reject(new ChannelOpenError(code, description === "" ? `channel open failed (code ${code})` : description))
   }

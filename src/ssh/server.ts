@@ -82,6 +82,8 @@ export interface SshServerConnection<D extends AuthDecision> {
   openChannel(type: string, extra?: Uint8Array, timeoutMs?: number): Promise<SshChannel>
   /** keepalive@openssh.com with want-reply; any reply counts */
   ping(timeoutMs?: number): Promise<void>
+  /** the shortest round trip seen to the peer (a channel open or global request answered), ms */
+  roundTripMs(): number | undefined
   /** start a key re-exchange (false if one is running) */
   rekey(): boolean
   /** send DISCONNECT (by application) and close */
@@ -229,6 +231,7 @@ export const acceptSshConnection = <D extends AuthDecision>(
       if (!auth.authenticated) return Promise.reject(new Error("not authenticated"))
       return connection.openChannel(type, extra, timeoutMs)
     },
+    roundTripMs: () => connection.roundTripMs(),
     ping: (timeoutMs) => {
       if (!auth.authenticated) return Promise.reject(new Error("not authenticated"))
       return connection.ping(timeoutMs)

@@ -11,6 +11,11 @@ class FakeHost implements ChannelHost {
   readonly control: Array<Buffer> = []
   readonly waiting = new Set<SshChannel>()
   released = 0
+  /** what roundTripMs() answers (undefined: no estimate) */
+  roundTrip: number | undefined = undefined
+  roundTripMs(): number | undefined {
+    return this.roundTrip
+  }
   canSendData(): boolean {
     return this.writable
   }
@@ -132,28 +137,45 @@ describe("SshChannel flow control", () => {
     expect(ch.localWindow).toBe(1024)
   })
 
-  it("a reader that keeps up lets the window double, per window received, up to maxWindowSize", async () => {
-    const host = new FakeHost()
-    const ch = make(host, { windowSize: 1024, maxWindowSize: 4096 })
-    ch.on("data", () => {})
-    await tick()
+  /** A peer that always sends all it may, in packets of at most 512; the windows the channel kept. */
+  const sendAllItMay = (ch: SshChannel, total: number) => {
     const windows: Array<number> = []
     let sent = 0
-    // a peer that always sends all it may, in packets of at most 512
-    while (sent < 64 * 1024) {
+    while (sent < total) {
       const n = Math.min(512, ch.localWindow)
       ch.onRemoteData(Buffer.alloc(n), false)
       sent += n
       if (windows.at(-1) !== ch.currentWindow) windows.push(ch.currentWindow)
     }
-    expect(windows).toEqual([1024, 2048, 4096])
+    return windows
+  }
+
+  it("a window that arrives within a few round trips, the reader keeping up, doubles, per window received, up to maxWindowSize", async () => {
+    const host = new FakeHost()
+    host.roundTrip = 50 // a far peer: every window here arrives well within 3 round trips
+    const ch = make(host, { windowSize: 1024, maxWindowSize: 4096 })
+    ch.on("data", () => {})
+    await tick()
+    expect(sendAllItMay(ch, 64 * 1024)).toEqual([1024, 2048, 4096])
     // the peer's allowance never exceeds the window we keep
     expect(ch.localWindow).toBeLessThanOrEqual(4096)
     expect(ch.localWindow).toBeGreaterThan(0)
   })
 
+  it("on a short path (a window takes many round trips) or with no round-trip estimate, the window stays as it is", async () => {
+    for (const roundTrip of [0, undefined]) {
+      const host = new FakeHost()
+      host.roundTrip = roundTrip
+      const ch = make(host, { windowSize: 1024, maxWindowSize: 4096 })
+      ch.on("data", () => {})
+      await tick()
+      expect(sendAllItMay(ch, 64 * 1024)).toEqual([1024])
+    }
+  })
+
   it("a reader that falls behind stops the growth and never holds more than the window", async () => {
     const host = new FakeHost()
+    host.roundTrip = 50
     const ch = make(host, { windowSize: 1024, maxWindowSize: 1 << 20 })
     ch.pause()
     // fill the window, then read slowly: half of what arrives stays buffered

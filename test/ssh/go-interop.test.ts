@@ -23,6 +23,7 @@ import { createServer, type AddressInfo, type Server, type Socket } from "node:n
 import { performance } from "node:perf_hooks"
 import type { Writable } from "node:stream"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import { startDelayProxy } from "../../bench/delayProxy.ts"
 import type { AlgorithmPreferences } from "../../src/ssh/algorithms.ts"
 import { checkGatewayCertificate, type CertificateVerdict } from "../../src/ssh/certPolicy.ts"
 import type { KeepaliveOptions } from "../../src/ssh/connection.ts"
@@ -31,6 +32,7 @@ import {
   acceptSshConnection,
   type AuthAttempt,
   type Authenticated,
+  type ServerLimits,
   type SshChannel,
   type SshServerConnection
 } from "../../src/ssh/server.ts"
@@ -185,6 +187,7 @@ interface RelayOptions {
   readonly hostCert?: string
   readonly algorithms?: AlgorithmPreferences
   readonly keepalive?: KeepaliveOptions
+  readonly limits?: ServerLimits
 }
 
 let dir: string
@@ -216,7 +219,8 @@ const startRelay = async (o: RelayOptions = {}): Promise<Relay> => {
         }),
       onAuthAttempt: (a) => attempts.push(a),
       ...(o.algorithms !== undefined ? { algorithms: o.algorithms } : {}),
-      ...(o.keepalive !== undefined ? { keepalive: o.keepalive } : {})
+      ...(o.keepalive !== undefined ? { keepalive: o.keepalive } : {}),
+      ...(o.limits !== undefined ? { limits: o.limits } : {})
     })
     const a = { conn, attempts }
     const w = waiters.shift()
@@ -456,6 +460,42 @@ describe("Go gateway (x/crypto 0.4.0) -> our SSH server", () => {
       expect(got.digest).toBe(sourceStreamDigest(GiB))
       await proc.waitForLine(new RegExp(`^CHANNEL_DONE 1 in=0 out=${GiB}$`))
     }, 90_000)
+  })
+
+  describe("channel window over a long round trip (bandwidth x delay)", () => {
+    const WINDOW = 8 * MiB
+    const limits = { windowSize: WINDOW, maxWindowSize: 2 * WINDOW }
+    /** 64 MiB from the Go source through one channel; the window the channel ended with. */
+    const download = async (conn: Conn, proc: PeerProcess) => {
+      const ch = await conn.openDirectTcpip({ timeoutMs: 10_000 })
+      ch.end()
+      const got = await hashAll(ch)
+      expect(got.bytes).toBe(64 * MiB)
+      expect(got.digest).toBe(sourceStreamDigest(64 * MiB))
+      await proc.waitForLine(/^CHANNEL_DONE 1 /)
+      return ch.currentWindow
+    }
+
+    it("through 25 ms each way (a gateway far away) the window grows to its maximum", async () => {
+      const relay = await startRelay({ limits })
+      const [host, port] = relay.addr.split(":")
+      const proxy = await startDelayProxy({ target: { host: host!, port: Number(port) }, delayMs: 25 })
+      try {
+        const far = { ...relay, addr: `127.0.0.1:${(proxy.address() as AddressInfo).port}` }
+        const { proc, conn } = await connectGateway(far, `source:${64 * MiB}`)
+        expect(await download(conn, proc)).toBe(2 * WINDOW)
+        expect(conn.roundTripMs()).toBeGreaterThanOrEqual(50)
+      } finally {
+        proxy.close()
+      }
+    }, 60_000)
+
+    it("on loopback (a window takes many round trips) the window keeps its size", async () => {
+      const relay = await startRelay({ limits })
+      const { proc, conn } = await connectGateway(relay, `source:${64 * MiB}`)
+      for (let i = 0; i < 5; i++) await conn.ping() // round-trip samples: the estimate is the shortest
+      expect(await download(conn, proc)).toBe(WINDOW)
+    }, 60_000)
   })
 
   it("100 concurrent channels on one connection each echo their own data", async () => {
