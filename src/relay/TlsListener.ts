@@ -42,6 +42,9 @@ import { type Tunnel, Tunnels } from "./Tunnels.ts"
 /** The default --tls-handshake-timeout. */
 export const TLS_HANDSHAKE_TIMEOUT_MS = Duration.toMillis(defaultRelayLimits.tlsHandshakeTimeout)
 
+const bytesUp = tagged(sessionBytes, "direction", "client_to_gateway")
+const bytesDown = tagged(sessionBytes, "direction", "gateway_to_client")
+
 /** What a handshake that ran out of time fails with (the code Node's own handshake timeout uses). */
 const handshakeTimeoutError = () =>
   Object.assign(new Error("TLS handshake timeout"), { code: "ERR_TLS_HANDSHAKE_TIMEOUT" })
@@ -141,8 +144,8 @@ export const TlsListenerLive = Layer.scopedDiscard(
           idleTimeoutMs: Duration.toMillis(current.sessionIdleTimeout),
           ...(current.fairShare ? { fairShare } : {})
         }).pipe(Effect.ensuring(Metric.incrementBy(sessionsActive, -1)))
-        yield* Metric.incrementBy(tagged(sessionBytes, "direction", "client_to_gateway"), result.bytesUp)
-        yield* Metric.incrementBy(tagged(sessionBytes, "direction", "gateway_to_client"), result.bytesDown)
+        yield* Metric.incrementBy(bytesUp, result.bytesUp)
+        yield* Metric.incrementBy(bytesDown, result.bytesDown)
         yield* Effect.annotateCurrentSpan({
           "relay.gateway_id": gatewayId,
           "relay.org": org,
@@ -150,14 +153,18 @@ export const TlsListenerLive = Layer.scopedDiscard(
           "relay.bytes_down": result.bytesDown,
           "relay.close_reason": result.reason
         })
-        yield* Effect.logDebug("Session closed").pipe(Effect.annotateLogs({
-          gatewayId,
-          org,
-          bytesUp: result.bytesUp,
-          bytesDown: result.bytesDown,
-          reason: result.reason,
-          durationMs: Date.now() - started
-        }))
+        // Built only when debug logs are on: this runs for every session.
+        yield* Effect.logDebug("Session closed").pipe(
+          Effect.annotateLogs({
+            gatewayId,
+            org,
+            bytesUp: result.bytesUp,
+            bytesDown: result.bytesDown,
+            reason: result.reason,
+            durationMs: Date.now() - started
+          }),
+          Effect.whenLogLevel("Debug")
+        )
       })
 
     const session = (socket: tls.TLSSocket, sessionId: number) =>
@@ -213,7 +220,8 @@ export const TlsListenerLive = Layer.scopedDiscard(
         )
       }).pipe(
         Effect.annotateLogs({ sessionId }),
-        Effect.withSpan("relay.session", { attributes: { "relay.session_id": sessionId } }),
+        // No stack trace: capturing one costs more than the rest of the span, once per session.
+        Effect.withSpan("relay.session", { attributes: { "relay.session_id": sessionId }, captureStackTrace: false }),
         Effect.onInterrupt(() => Effect.sync(() => socket.destroy()))
       )
 
