@@ -14,7 +14,7 @@
  * with --disconnect-expired-tunnels a tunnel is closed when its gateway's certificate expires.
  */
 import * as net from "node:net"
-import { Clock, Duration, Effect, FiberSet, Layer, Metric } from "effect"
+import { Duration, Effect, FiberSet, Layer, Metric } from "effect"
 import { Credentials } from "../Credentials.ts"
 import {
   sshAuthFailures,
@@ -27,7 +27,7 @@ import {
 import { RelayConfig } from "../RelayConfig.ts"
 import { CERT_TIME_INFINITY } from "../ssh/certs.ts"
 import { checkGatewayCertificate, type CertificateVerdict } from "../ssh/certPolicy.ts"
-import { acceptSshConnection, AUTH_TIMEOUT_REASON, type SshServerConnection } from "../ssh/server.ts"
+import { acceptSshConnection, AUTH_TIMEOUT_REASON, type CloseInfo, type SshServerConnection } from "../ssh/server.ts"
 import { makeAcceptGate } from "./AcceptGate.ts"
 import { authFailureLabel } from "./authFailureReason.ts"
 import { bindListener, displayAddress } from "./Listener.ts"
@@ -56,12 +56,21 @@ const toTunnel = (conn: SshServerConnection<CertificateVerdict>, gatewayId: stri
   close: (reason) => conn.close(reason)
 })
 
-/** Timers longer than Node's ~24.8-day maximum would fire at once: sleep in steps of a day. */
-const sleepUntil = (epochMillis: number): Effect.Effect<void> =>
-  Effect.flatMap(Clock.currentTimeMillis, (now) =>
-    now >= epochMillis
-      ? Effect.void
-      : Effect.zipRight(Effect.sleep(Duration.millis(Math.min(epochMillis - now, 86_400_000))), Effect.suspend(() => sleepUntil(epochMillis))))
+/**
+ * Call `f` at `epochMillis`; returns a cancel. Timers longer than Node's ~24.8-day maximum would
+ * fire at once, so it waits in steps of at most a day. Unref'd: it never keeps the process alive.
+ */
+const atTime = (epochMillis: number, f: () => void): (() => void) => {
+  let timer: NodeJS.Timeout | undefined
+  const arm = () => {
+    const left = epochMillis - Date.now()
+    if (left <= 0) return f()
+    timer = setTimeout(arm, Math.min(left, 86_400_000))
+    timer.unref()
+  }
+  arm()
+  return () => clearTimeout(timer)
+}
 
 /** Wait for a promise from Node land without ever failing the fiber. */
 const settle = <A>(promise: () => Promise<A>) =>
@@ -178,27 +187,28 @@ export const SshListenerLive = Layer.scopedDiscard(
         yield* Metric.increment(tunnelsConnected)
         yield* Effect.logInfo(`${label} connected`).pipe(Effect.annotateLogs(log))
         // At the certificate's expiry, close the tunnel if --disconnect-expired-tunnels is on then.
+        // One timer and one promise, not two racing fibers: a tunnel's fibers are most of what an
+        // idle tunnel costs the relay.
         const validBefore = auth.value.certificate.validBefore
-        const expiry = validBefore === CERT_TIME_INFINITY
-          ? Effect.never
-          : sleepUntil(Number(validBefore) * 1000).pipe(
-            Effect.zipRight(Effect.suspend(() => {
-              if (!limits.current().disconnectExpiredTunnels) return Effect.never
-              conn.close("gateway certificate expired")
-              return Effect.zipRight(
-                Metric.increment(tunnelsExpired),
-                Effect.logInfo(`${label} certificate expired, disconnecting`).pipe(Effect.annotateLogs(log))
-              )
-            })),
-            Effect.zipRight(Effect.never)
-          )
-        const closed = yield* Effect.raceFirst(Effect.promise(() => conn.closed), expiry).pipe(
-          Effect.onInterrupt(() => Effect.sync(() => conn.close("relay shutting down")))
-        )
+        const closed = yield* Effect.async<CloseInfo>((resume) => {
+          void conn.closed.then((info) => resume(Effect.succeed(info)))
+          const cancel = validBefore === CERT_TIME_INFINITY ? undefined : atTime(Number(validBefore) * 1000, () => {
+            if (!limits.current().disconnectExpiredTunnels) return
+            conn.close("gateway certificate expired")
+            run(Effect.zipRight(
+              Metric.increment(tunnelsExpired),
+              Effect.logInfo(`${label} certificate expired, disconnecting`).pipe(Effect.annotateLogs(log))
+            ))
+          })
+          return Effect.sync(() => cancel?.())
+        }).pipe(Effect.onInterrupt(() => Effect.sync(() => conn.close("relay shutting down"))))
         yield* tunnels.remove(tunnel)
         yield* Metric.incrementBy(tunnelsConnected, -1)
         yield* Effect.logInfo(`${label} disconnected`).pipe(Effect.annotateLogs({ ...log, reason: closed.reason }))
-      }).pipe(Effect.withSpan("relay.tunnel"), Effect.annotateLogs({ remote: socket.remoteAddress ?? "" }))
+      }).pipe(
+        Effect.withSpan("relay.tunnel", { captureStackTrace: false }),
+        Effect.annotateLogs({ remote: socket.remoteAddress ?? "" })
+      )
 
     const server = net.createServer({ noDelay: true })
     const admit = yield* makeAcceptGate(server, "ssh")

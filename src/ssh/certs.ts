@@ -25,7 +25,7 @@ import {
   type SshPrivateKey,
   type SshPublicKey
 } from "./keys.ts"
-import { SshReader, SshWireError, SshWriter } from "./wire.ts"
+import { ownedCopy, SshReader, SshWireError, SshWriter } from "./wire.ts"
 
 export const CERT_TYPE_USER = 1
 export const CERT_TYPE_HOST = 2
@@ -111,19 +111,19 @@ const readOptions = (section: Uint8Array, what: string): Array<readonly [string,
   while (r.remaining > 0) {
     if (out.length === MAX_OPTIONS) throw new SshWireError(`more than ${MAX_OPTIONS} ${what}`)
     const name = text(r.bytes(MAX_OPTION_NAME), `${what} name`)
-    out.push([name, Buffer.from(r.bytes())])
+    out.push([name, ownedCopy(r.bytes())])
   }
   return out
 }
 
 /** Parse a certificate blob. Does not check the signature (see verifyCertificateSignature). */
 export const parseCertificate = (blob: Uint8Array): SshCertificate => {
-  const bytes = Buffer.from(blob)
+  const bytes = ownedCopy(blob)
   const r = new SshReader(bytes)
   const type = r.string(MAX_NAME)
   const keyType = Object.hasOwn(KEY_TYPE_OF_CERT, type) ? KEY_TYPE_OF_CERT[type]! : undefined
   if (keyType === undefined) throw new SshKeyError(`unsupported certificate type ${JSON.stringify(type)}`)
-  const nonce = Buffer.from(r.bytes(MAX_NONCE))
+  const nonce = ownedCopy(r.bytes(MAX_NONCE))
 
   // The certified key's fields are exactly a public blob without its leading type string.
   const keyStart = r.offset
@@ -148,9 +148,9 @@ export const parseCertificate = (blob: Uint8Array): SshCertificate => {
   const criticalOptions = readOptions(r.bytes(MAX_SECTION), "critical options")
   const extensions = readOptions(r.bytes(MAX_SECTION), "extensions")
   r.bytes(MAX_SECTION) // reserved: ignored, as PROTOCOL.certkeys says
-  const signatureKey = Buffer.from(r.bytes())
+  const signatureKey = ownedCopy(r.bytes())
   const signedData = bytes.subarray(0, r.offset)
-  const signature = Buffer.from(r.bytes())
+  const signature = ownedCopy(r.bytes())
   r.assertEnd()
   // A CA must be a plain supported key (OpenSSH also refuses certificates as CAs).
   parsePublicKeyBlob(signatureKey)

@@ -21,6 +21,7 @@ import {
   type Cipher,
   type Decipher
 } from "node:crypto"
+import { ownedCopy } from "./wire.ts"
 
 export class MacError extends Error {
   override readonly name = "MacError"
@@ -240,7 +241,7 @@ class CtrOpener implements PacketOpener {
     this.macLength = mac.length
     this.lengthExcluded = mac.etm
     this.headerLength = mac.etm ? 4 : 16
-    this.counter = Buffer.from(iv)
+    this.counter = ownedCopy(iv)
     if (!mac.etm) {
       const ecbName = spec.nodeName.replace(/-ctr$/, "-ecb")
       const ecb = createCipheriv(ecbName, key, null)
@@ -297,7 +298,7 @@ class GcmSealer implements PacketSealer {
     private readonly key: Buffer,
     iv: Buffer
   ) {
-    this.iv = Buffer.from(iv)
+    this.iv = ownedCopy(iv)
   }
 
   seal(_seq: number, scratch: Buffer, payloadLength: number): ReadonlyArray<Buffer> {
@@ -326,7 +327,7 @@ class GcmOpener implements PacketOpener {
     private readonly key: Buffer,
     iv: Buffer
   ) {
-    this.iv = Buffer.from(iv)
+    this.iv = ownedCopy(iv)
   }
 
   packetLength(buf: Buffer, offset: number): number {

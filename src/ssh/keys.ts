@@ -17,7 +17,7 @@ import {
   type JsonWebKey,
   type KeyObject
 } from "node:crypto"
-import { SshReader, SshWireError, SshWriter } from "./wire.ts"
+import { ownedCopy, SshReader, SshWireError, SshWriter } from "./wire.ts"
 
 /** Thrown for well-framed but unacceptable key material (wrong type, inconsistent numbers, ...). */
 export class SshKeyError extends Error {
@@ -146,7 +146,7 @@ export const parsePublicKeyBlob = (blob: Uint8Array): SshPublicKey => {
   } else {
     throw new SshKeyError(`unsupported public key type ${JSON.stringify(type)}`)
   }
-  return { type, blob: Buffer.from(blob), key }
+  return { type, blob: ownedCopy(blob), key }
 }
 
 /** The wire blob of a Node public (or private) key object. */
@@ -158,7 +158,7 @@ export const publicBlobOf = (key: KeyObject): { type: PublicKeyAlgorithm; blob: 
       .mpintFromUnsigned(fromB64u(jwk.e))
       .mpintFromUnsigned(fromB64u(jwk.n))
       .toBuffer()
-    return { type: "ssh-rsa", blob: Buffer.from(blob) }
+    return { type: "ssh-rsa", blob: ownedCopy(blob) }
   }
   if (jwk.kty === "OKP" && jwk.crv === "Ed25519") {
     return { type: "ssh-ed25519", blob: Buffer.from(new SshWriter().string("ssh-ed25519").bytes(fromB64u(jwk.x)).toBuffer()) }

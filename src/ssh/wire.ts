@@ -113,6 +113,18 @@ export class SshReader {
   }
 }
 
+/**
+ * A copy with a backing store of its own, for bytes a connection keeps for its lifetime (keys,
+ * counters, certificates). `Buffer.from` and `allocUnsafe` carve small buffers out of a shared
+ * 8 KiB slab, and a few bytes kept alive keep their whole slab alive: measured ~23 KiB per idle
+ * tunnel before this was used.
+ */
+export const ownedCopy = (b: Uint8Array): Buffer => {
+  const copy = Buffer.allocUnsafeSlow(b.length)
+  copy.set(b)
+  return copy
+}
+
 export class SshWriter {
   private buf: Buffer
   private pos = 0
