@@ -60,7 +60,7 @@ const ADJUST_STEPS = 8
  * stream moves one window per round trip plus the time to grant it back; bound by CPU or by the
  * reader, a window takes many round trips (8 MiB at 200 MiB/s is 40 ms: 40 round trips of 1 ms).
  */
-const WINDOW_BOUND_ROUND_TRIPS = 3
+const WINDOW_BOUND_ROUND_TRIPS = 4
 
 interface PendingWrite {
   readonly chunk: Buffer
@@ -143,6 +143,8 @@ export class SshChannel extends Duplex {
     if (this.recvEof || this.recvClose) {
       throw new SshProtocolError(`channel ${this.localId}: data after EOF`)
     }
+    // The first window is timed from its first byte, not from the open (the peer may start late).
+    if (this.received === 0) this.periodStartedAt = performance.now()
     this.received += data.length
     if (extended || this.destroyed || this.sentClose) {
       // discarded data counts as consumed at once

@@ -152,7 +152,7 @@ describe("SshChannel flow control", () => {
 
   it("a window that arrives within a few round trips, the reader keeping up, doubles, per window received, up to maxWindowSize", async () => {
     const host = new FakeHost()
-    host.roundTrip = 50 // a far peer: every window here arrives well within 3 round trips
+    host.roundTrip = 50 // a far peer: every window here arrives well within 4 round trips
     const ch = make(host, { windowSize: 1024, maxWindowSize: 4096 })
     ch.on("data", () => {})
     await tick()
