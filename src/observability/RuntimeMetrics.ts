@@ -25,7 +25,7 @@ export const heapUsedBytes = Metric.gauge("relay_process_heap_used_bytes", {
 export const heapTotalBytes = Metric.gauge("relay_process_heap_total_bytes", {
   description: "V8 heap reserved (used and free), sampled on each scrape"
 })
-export const externalMemoryBytes = Metric.gauge("relay_process_buffer_bytes", {
+export const bufferBytes = Metric.gauge("relay_process_buffer_bytes", {
   description: "Buffers and ArrayBuffers held outside the V8 heap (socket and packet data), sampled on each scrape"
 })
 export const residentMemoryBytes = Metric.gauge("relay_process_resident_memory_bytes", {
@@ -47,7 +47,7 @@ export const EventLoopMonitor = Effect.acquireRelease(
       const memory = process.memoryUsage()
       yield* Metric.set(heapUsedBytes, memory.heapUsed)
       yield* Metric.set(heapTotalBytes, memory.heapTotal)
-      yield* Metric.set(externalMemoryBytes, memory.arrayBuffers)
+      yield* Metric.set(bufferBytes, memory.arrayBuffers)
       yield* Metric.set(residentMemoryBytes, memory.rss)
       if (histogram.count === 0) return
       yield* Metric.set(eventLoopLagSeconds, histogram.percentile(99) / 1e9)
