@@ -433,6 +433,9 @@ export const startHarness = async (options: HarnessOptions | string = {}): Promi
   // Client contexts, reused across connections with the same credentials (parsing the key and the
   // CA chain costs more than the rest of a client's handshake).
   const contexts = new WeakMap<ClientCredentials, tls.SecureContext>()
+  // Client sockets still open at close() are destroyed first: stopping the relay under them would
+  // reset them, an 'error' nobody listens for once the test is done with them.
+  const clients = new Set<tls.TLSSocket>()
   const dial: Harness["dial"] = (creds, extra = {}) =>
     new Promise((resolve, reject) => {
       const contextOptions: tls.SecureContextOptions = {
@@ -450,6 +453,8 @@ export const startHarness = async (options: HarnessOptions | string = {}): Promi
         ...(secureContext === undefined ? contextOptions : { secureContext }),
         ...extra
       })
+      clients.add(socket)
+      socket.once("close", () => clients.delete(socket))
       socket.once("secureConnect", () => {
         socket.off("error", reject)
         resolve(socket)
@@ -465,6 +470,7 @@ export const startHarness = async (options: HarnessOptions | string = {}): Promi
     connectGateway, quickGateway, gatewayCertificate, spawnPeer, clientCredentials, dial, dialRelay,
     stopControlPlane: () => runtime.dispose(), // idempotent: close() disposes again
     close: async () => {
+      for (const socket of clients) socket.destroy()
       await peers.killAll()
       await stopRelay()
       await runtime.dispose()
