@@ -373,12 +373,13 @@ describe("the unit's ExecStart and ExecReload, run as systemd would", () => {
   /**
    * systemd runs ExecStart's command line and sends ExecReload's `kill -HUP $MAINPID` to the
    * process it started. A stand-in `infisical` on PATH logs each SIGHUP (as the relay logs a reload)
-   * and runs until SIGTERM; both forms of ExecStart run under the real /bin/bash.
+   * and runs until SIGTERM; both forms of ExecStart run under the real /bin/bash. Its handlers are
+   * installed before it logs "started", which is what the test waits for before signalling.
    */
   const startUnderBash = (execStart: string, dir: string) => {
     fs.writeFileSync(
       path.join(dir, "infisical"),
-      `#!/bin/sh\nexec "${process.execPath}" -e 'console.log("started"); process.on("SIGHUP", () => console.log("reloaded")); process.on("SIGTERM", () => process.exit(0)); setInterval(() => {}, 1000)'\n`,
+      `#!/bin/sh\nexec "${process.execPath}" -e 'process.on("SIGHUP", () => console.log("reloaded")); process.on("SIGTERM", () => process.exit(0)); console.log("started"); setInterval(() => {}, 1000)'\n`,
       { mode: 0o755 }
     )
     const inner = /^\/bin\/bash -c '(.*)'$/.exec(execStart)?.[1] ?? execStart
