@@ -109,10 +109,11 @@ const holdingOf = async (r: { pid: number; statusPort: number }) => {
 }
 
 /**
- * After a case: what it held is released. Judged after the relay's idle collection (it runs 5-10 s
- * after the relay goes quiet: src/runtime/IdleGc.ts), when JS-owned memory is what is still alive:
- * back to the baseline, so a session, channel or window kept alive by anything fails this. (The
- * baseline may hold some garbage itself: this errs lenient by what the warm-up left.) RSS need
+ * After a case: what it held is released. JS-owned memory must come back to the baseline, so a
+ * session, channel or window kept alive by anything fails this; garbage only makes a reading
+ * higher, so a reading within the bound is enough, whether V8 collected on its own or the relay's
+ * idle collection did (5-10 s after it goes quiet: src/runtime/IdleGc.ts; counted in the log
+ * line). (The baseline may hold some garbage itself: this errs lenient by what the warm-up left.) RSS need
  * not come all the way back: glibc keeps freed pages in the middle of its heap for reuse (it
  * returns memory only from the top, and Node cannot call malloc_trim), so RSS is held to the bound
  * the incident itself had. Polled once a second (a scrape costs the relay CPU, and the idle
@@ -124,12 +125,11 @@ const settles = async (
   tolerance: { rss: number; js: number },
   collectionsAtRelease: number
 ) => {
-  const lowest = { rss: Number.POSITIVE_INFINITY, js: Number.POSITIVE_INFINITY, collected: false }
+  const lowest = { rss: Number.POSITIVE_INFINITY, js: Number.POSITIVE_INFINITY, collections: 0 }
   try {
     await eventuallyAsync(async () => {
       const now = await holdingOf(r)
-      if (now.collections <= collectionsAtRelease) return false
-      lowest.collected = true
+      lowest.collections = now.collections - collectionsAtRelease
       lowest.rss = Math.min(lowest.rss, now.rss)
       lowest.js = Math.min(lowest.js, now.js)
       return lowest.js <= baseline.js + tolerance.js && lowest.rss <= baseline.rss + tolerance.rss
@@ -151,11 +151,10 @@ const fmt = (bytes: number) => `${(bytes / MiB).toFixed(1)} MiB`
 
 /** The settle expectations, with every number in the message. */
 const expectReleased = (
-  settled: { rss: number; js: number; collected: boolean },
+  settled: { rss: number; js: number },
   baseline: { rss: number; js: number },
   tolerance: { rss: number; js: number }
 ) => {
-  expect(settled.collected, `the relay ran no idle collection within ${SETTLE_MS} ms`).toBe(true)
   expect(settled.js, `relay heap+Buffers ${fmt(settled.js)} > baseline ${fmt(baseline.js)} + ${fmt(tolerance.js)} after ${SETTLE_MS} ms`)
     .toBeLessThanOrEqual(baseline.js + tolerance.js)
   expect(settled.rss, `relay RSS ${fmt(settled.rss)} > baseline ${fmt(baseline.rss)} + ${fmt(tolerance.rss)} after ${SETTLE_MS} ms`)
@@ -219,7 +218,7 @@ describe("faults against a relay subprocess", () => {
     console.log(
       `gateway SIGKILL: client closed ${closeMs} ms after the kill, gauges 0 after ${gaugesMs} ms, ` +
         `reconnected gateway served after ${servingMs} ms; relay RSS baseline ${fmt(baseline.rss)}, during ${fmt(peak)}, ` +
-        `settled ${fmt(settled.rss)} (malloc heap ${fmt(settled.mallocHeap)}); heap+Buffers ${fmt(baseline.js)} -> ${fmt(settled.js)}`
+        `settled ${fmt(settled.rss)} (malloc heap ${fmt(settled.mallocHeap)}); heap+Buffers ${fmt(baseline.js)} -> ${fmt(settled.js)} after ${settled.collections} idle collection(s)`
     )
     expect(closeMs).toBeLessThan(5_000)
     expectReleased(settled, baseline, tolerance)
@@ -472,7 +471,7 @@ describe("faults against a relay subprocess", () => {
     console.log(
       `stalled reader: gateway stopped after ${fmt(stalledAfter)} of ${fmt(SIZE)}; relay RSS baseline ${fmt(baseline.rss)}, peak while stalling ` +
         `${fmt(peak)} (+${fmt(growth)}), stalled ${fmt(stalledRss)}, settled after release ${fmt(settled.rss)} ` +
-        `(malloc heap ${fmt(settled.mallocHeap)}); heap+Buffers ${fmt(baseline.js)} -> ${fmt(settled.js)}; ` +
+        `(malloc heap ${fmt(settled.mallocHeap)}); heap+Buffers ${fmt(baseline.js)} -> ${fmt(settled.js)} after ${settled.collections} idle collection(s); ` +
         `first byte of a new session median ${median(before).toFixed(1)} ms before, ${median(during).toFixed(1)} ms during; ` +
         `64 MiB alongside in ${flowSeconds.toFixed(2)} s`
     )
