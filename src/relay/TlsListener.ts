@@ -4,9 +4,10 @@
  * handshake deadline. Failed handshakes and bare connect-and-close are dropped quietly and
  * counted: the relay never writes plaintext on this port.
  *
- * A verified connection is routed by its certificate: the zero-UUID CN is the control plane's
- * heartbeat probe (closed at once); any other CN names the gateway whose tunnel gets a new
- * `direct-tcpip` channel, and the session pumps bytes until either side ends.
+ * Each completed handshake is a session (Session.ts: routed by the client certificate's CN to a
+ * `direct-tcpip` channel on that gateway's tunnel, or refused), run in plain callbacks and tracked
+ * in LiveSessions (drain waits for them, shutdown cancels them). Its outcome is counted and put on
+ * its relay.session span here; a log line, when one is due, is the only thing that runs a fiber.
  *
  * Admission limits (src/relay/Limits.ts): a plain TCP server accepts, checks the connection cap and
  * the accept rate (AcceptGate) before TLS sees a byte, then hands the socket to the TLS server;
@@ -15,29 +16,20 @@
  */
 import * as net from "node:net"
 import * as tls from "node:tls"
-import { Duration, Effect, FiberSet, Layer, Metric, Stream } from "effect"
+import { Context, Duration, Effect, Exit, FiberId, FiberRef, FiberSet, Layer, LogLevel, Stream, type Tracer } from "effect"
 import { Credentials } from "../Credentials.ts"
-import {
-  heartbeatProbes,
-  sessionBytes,
-  sessionsActive,
-  sessionsRefused,
-  sessionsTotal,
-  tagged,
-  tlsHandshakeFailures
-} from "../observability/Metrics.ts"
-import { isHeartbeatProbe, parseClientIdentityEither } from "../pki/clientIdentity.ts"
+import { heartbeatProbes, sessionBytes, sessionsRefused, tagged, tlsHandshakeFailures } from "../observability/Metrics.ts"
 import { RelayConfig } from "../RelayConfig.ts"
-import { ChannelLimitError } from "../ssh/server.ts"
 import { makeAcceptGate } from "./AcceptGate.ts"
 import { makeFairShare } from "./FairShare.ts"
 import { bindListener, displayAddress } from "./Listener.ts"
 import { defaultRelayLimits, Limits } from "./Limits.ts"
-import { pump } from "./pump.ts"
 import { Drain } from "./Drain.ts"
+import { LiveSessions } from "./LiveSessions.ts"
 import { countConnectionRefused, makeWarningThrottle } from "./Refusals.ts"
+import { type Route, type RouteRefusal, type SessionContext, type SessionOutcome, startSession } from "./Session.ts"
 import { SessionSlots } from "./SessionSlots.ts"
-import { type Tunnel, Tunnels } from "./Tunnels.ts"
+import { Tunnels } from "./Tunnels.ts"
 
 /** The default --tls-handshake-timeout. */
 export const TLS_HANDSHAKE_TIMEOUT_MS = Duration.toMillis(defaultRelayLimits.tlsHandshakeTimeout)
@@ -48,26 +40,6 @@ const bytesDown = tagged(sessionBytes, "direction", "gateway_to_client")
 /** What a handshake that ran out of time fails with (the code Node's own handshake timeout uses). */
 const handshakeTimeoutError = () =>
   Object.assign(new Error("TLS handshake timeout"), { code: "ERR_TLS_HANDSHAKE_TIMEOUT" })
-/** How long a closing connection may take to flush its last TLS records before it is dropped. */
-const CLOSE_FLUSH_MS = 5_000
-
-/**
- * Close a connection whose handshake completed, as Go's `tls.Conn.Close` does: whatever TLS still
- * has to send goes out first (in TLS 1.2 the server's Finished is still queued when
- * 'secureConnection' fires: destroying at once would fail the client's handshake, and with it the
- * control plane's heartbeat probe), then close_notify, then the socket is closed. No application
- * byte is ever written.
- */
-const closeAfterHandshake = (socket: tls.TLSSocket) => {
-  if (socket.destroyed) return
-  const timer = setTimeout(() => socket.destroy(), CLOSE_FLUSH_MS)
-  timer.unref()
-  socket.once("close", () => clearTimeout(timer))
-  socket.destroySoon()
-}
-
-const refuse = (socket: tls.TLSSocket, reason: string) =>
-  Effect.sync(() => closeAfterHandshake(socket)).pipe(Effect.zipRight(Metric.increment(tagged(sessionsRefused, "reason", reason))))
 
 export const TlsListenerLive = Layer.scopedDiscard(
   Effect.gen(function* () {
@@ -77,9 +49,14 @@ export const TlsListenerLive = Layer.scopedDiscard(
     const drain = yield* Drain
     const limits = yield* Limits
     const bundle = yield* credentials.current
-    const sessions = yield* FiberSet.make()
-    const run = yield* FiberSet.runtime(sessions)<never>()
+    // Shutdown cancels what drain did not wait out (finalizers run in reverse: after drain).
+    const sessions = new LiveSessions()
+    yield* Effect.addFinalizer(() => Effect.sync(() => sessions.cancelAll()))
     const background = yield* FiberSet.makeRuntime<never>()
+    const tracer = yield* Effect.tracer
+    const clock = yield* Effect.clock
+    const parentSpan = yield* Effect.option(Effect.currentParentSpan)
+    const debugLogs = LogLevel.lessThanEqual(yield* FiberRef.get(FiberRef.currentMinimumLogLevel), LogLevel.Debug)
     const slots = new SessionSlots()
     const fairShare = makeFairShare()
     const warnDue = makeWarningThrottle()
@@ -103,7 +80,7 @@ export const TlsListenerLive = Layer.scopedDiscard(
     server.on("tlsClientError", (error, socket) => {
       socket.destroy()
       const reason = (error as NodeJS.ErrnoException).code ?? "handshake_error"
-      background(Metric.increment(tagged(tlsHandshakeFailures, "reason", reason)))
+      tagged(tlsHandshakeFailures, "reason", reason).unsafeUpdate(1, [])
     })
     // Renewed certificates apply to the next handshakes; live connections keep theirs.
     yield* credentials.changes.pipe(
@@ -112,118 +89,105 @@ export const TlsListenerLive = Layer.scopedDiscard(
       Effect.interruptible
     )
 
-    /** The routed part of a session that holds a slot: a channel on the tunnel, then the pump. */
-    const routeSession = (
-      socket: tls.TLSSocket,
-      tunnel: Tunnel,
-      ids: { readonly gatewayId: string; readonly gatewayName: string; readonly org: string }
-    ) =>
-      Effect.gen(function* () {
-        const { gatewayId, gatewayName, org } = ids
-        const channel = yield* Effect.either(Effect.tryPromise({
-          try: () => tunnel.openChannel(),
-          catch: (cause) => ({ atChannelLimit: cause instanceof ChannelLimitError })
-        }))
-        if (channel._tag === "Left") {
-          if (channel.left.atChannelLimit) {
-            if (warnDue("max_channels")) {
-              yield* Effect.logWarning(`Gateway '${gatewayName}' (${gatewayId}) is at --max-channels-per-tunnel; further refusals are counted, not logged`)
-            }
-            return yield* refuse(socket, "max_channels")
-          }
-          yield* Effect.logInfo(`Failed to open a channel to gateway '${gatewayName}' (${gatewayId})`).pipe(Effect.annotateLogs({ gatewayId, org }))
-          return yield* refuse(socket, "channel_open_failed")
-        }
-        yield* Metric.increment(sessionsTotal)
-        yield* Metric.increment(sessionsActive)
-        const started = Date.now()
-        const current = limits.current()
-        const result = yield* pump(socket, channel.right, {
-          org,
-          gatewayId,
-          idleTimeoutMs: Duration.toMillis(current.sessionIdleTimeout),
-          ...(current.fairShare ? { fairShare } : {})
-        }).pipe(Effect.ensuring(Metric.incrementBy(sessionsActive, -1)))
-        yield* Metric.incrementBy(bytesUp, result.bytesUp)
-        yield* Metric.incrementBy(bytesDown, result.bytesDown)
-        yield* Effect.annotateCurrentSpan({
-          "relay.gateway_id": gatewayId,
-          "relay.org": org,
-          "relay.bytes_up": result.bytesUp,
-          "relay.bytes_down": result.bytesDown,
-          "relay.close_reason": result.reason
-        })
-        // Built only when debug logs are on: this runs for every session.
-        yield* Effect.logDebug("Session closed").pipe(
-          Effect.annotateLogs({
-            gatewayId,
-            org,
-            bytesUp: result.bytesUp,
-            bytesDown: result.bytesDown,
-            reason: result.reason,
-            durationMs: Date.now() - started
-          }),
-          Effect.whenLogLevel("Debug")
-        )
-      })
+    const sessionContext: SessionContext = { findTunnel: tunnels.get, slots, limits: limits.current, fairShare }
 
-    const session = (socket: tls.TLSSocket, sessionId: number) =>
-      Effect.gen(function* () {
-        if (!socket.authorized) {
-          // Dropped at once, not flushed: a TLS 1.2 client then sees its handshake fail (its last
-          // flight from us is still queued), the closest Node gets to Go's bad_certificate alert.
-          socket.destroy()
-          const reason = String(socket.authorizationError ?? "unauthorized")
-          yield* Metric.increment(tagged(tlsHandshakeFailures, "reason", reason))
-          return yield* Effect.logDebug("TLS client certificate refused").pipe(Effect.annotateLogs({ reason }))
+    /** An outcome's counters: plain updates, no fiber. */
+    const count = (outcome: SessionOutcome) => {
+      switch (outcome._tag) {
+        case "Unauthorized":
+          return tagged(tlsHandshakeFailures, "reason", outcome.reason).unsafeUpdate(1, [])
+        case "NoIdentity":
+          return tagged(sessionsRefused, "reason", "bad_certificate").unsafeUpdate(1, [])
+        case "HeartbeatProbe":
+          return heartbeatProbes.unsafeUpdate(1, [])
+        case "Refused":
+          return tagged(sessionsRefused, "reason", outcome.reason).unsafeUpdate(1, [])
+        case "Ended":
+          bytesUp.unsafeUpdate(outcome.result.bytesUp, [])
+          bytesDown.unsafeUpdate(outcome.result.bytesDown, [])
+      }
+    }
+
+    const endSpan = (span: Tracer.Span, outcome: SessionOutcome) => {
+      switch (outcome._tag) {
+        case "Ended": {
+          const { route, result } = outcome
+          span.attribute("relay.gateway_id", route.gatewayId)
+          span.attribute("relay.org", route.org)
+          span.attribute("relay.channel_open_ms", outcome.channelOpenMs)
+          span.attribute("relay.bytes_up", result.bytesUp)
+          span.attribute("relay.bytes_down", result.bytesDown)
+          span.attribute("relay.close_reason", result.reason)
+          break
         }
-        const der = socket.getPeerX509Certificate()?.raw
-        const parsed = der ? parseClientIdentityEither(der) : undefined
-        if (!parsed || parsed._tag === "Left" || parsed.right.gatewayId === undefined) {
-          yield* Effect.logDebug("Client certificate without a usable subject, closing")
-          return yield* refuse(socket, "bad_certificate")
+        case "Refused":
+          span.attribute("relay.gateway_id", outcome.route.gatewayId)
+          span.attribute("relay.refused", outcome.reason)
+          break
+        case "Unauthorized":
+          span.attribute("relay.refused", "unauthorized")
+          break
+        case "NoIdentity":
+          span.attribute("relay.refused", "bad_certificate")
+          break
+        case "HeartbeatProbe":
+          span.attribute("relay.heartbeat_probe", true)
+      }
+      span.end(clock.unsafeCurrentTimeNanos(), Exit.void)
+    }
+
+    /** An outcome's log line, when one is due at the configured level. */
+    const logLine = (outcome: SessionOutcome): Effect.Effect<void> | undefined => {
+      switch (outcome._tag) {
+        case "Unauthorized":
+          return debugLogs ? Effect.logDebug("TLS client certificate refused").pipe(Effect.annotateLogs({ reason: outcome.reason })) : undefined
+        case "NoIdentity":
+          return debugLogs ? Effect.logDebug("Client certificate without a usable subject, closing") : undefined
+        case "HeartbeatProbe":
+          return debugLogs ? Effect.logDebug("Heartbeat check successful, closing connection.") : undefined
+        case "Refused":
+          return logRefusal(outcome.reason, outcome.route)?.pipe(
+            Effect.annotateLogs({ gatewayId: outcome.route.gatewayId, org: outcome.route.org })
+          )
+        case "Ended": {
+          const { route, result } = outcome
+          return debugLogs
+            ? Effect.logDebug("Session closed").pipe(Effect.annotateLogs({
+              gatewayId: route.gatewayId,
+              org: route.org,
+              bytesUp: result.bytesUp,
+              bytesDown: result.bytesDown,
+              reason: result.reason
+            }))
+            : undefined
         }
-        const identity = parsed.right
-        if (isHeartbeatProbe(identity)) {
-          closeAfterHandshake(socket)
-          yield* Metric.increment(heartbeatProbes)
-          return yield* Effect.logDebug("Heartbeat check successful, closing connection.")
+      }
+    }
+
+    const logRefusal = (reason: RouteRefusal, { gatewayId, gatewayName }: Route): Effect.Effect<void> | undefined => {
+      switch (reason) {
+        case "invalid_gateway_name":
+          return Effect.logInfo("Invalid gateway name in client certificate, closing")
+        case "gateway_not_connected":
+          return Effect.logInfo(`Gateway '${gatewayName}' (${gatewayId}) not connected`)
+        case "channel_open_failed":
+          return Effect.logInfo(`Failed to open a channel to gateway '${gatewayName}' (${gatewayId})`)
+        case "max_channels":
+          return warnDue(reason)
+            ? Effect.logWarning(`Gateway '${gatewayName}' (${gatewayId}) is at --max-channels-per-tunnel; further refusals are counted, not logged`)
+            : undefined
+        default: {
+          // A session cap: one warning per cap per minute, and each refusal at debug.
+          const warning = warnDue(reason)
+            ? Effect.logWarning(`Session refused (${reason}): a session cap is reached; further refusals are counted, not logged`).pipe(
+              Effect.annotateLogs({ sessions: slots.size })
+            )
+            : undefined
+          const each = debugLogs ? Effect.logDebug("Session refused by a session cap").pipe(Effect.annotateLogs({ reason })) : undefined
+          return warning && each ? Effect.zipRight(warning, each) : warning ?? each
         }
-        const gatewayId = identity.gatewayId!
-        const org = identity.orgLabel ?? ""
-        if (identity.gatewayName._tag === "Invalid") {
-          yield* Effect.logInfo("Invalid gateway name in client certificate, closing").pipe(Effect.annotateLogs({ gatewayId, org }))
-          return yield* refuse(socket, "invalid_gateway_name")
-        }
-        const gatewayName = identity.gatewayName._tag === "Valid" ? identity.gatewayName.name : ""
-        const tunnel = yield* tunnels.get(gatewayId)
-        if (!tunnel) {
-          yield* Effect.logInfo(`Gateway '${gatewayName}' (${gatewayId}) not connected`).pipe(Effect.annotateLogs({ gatewayId, org }))
-          return yield* refuse(socket, "gateway_not_connected")
-        }
-        // The slot is released exactly once, whatever ends the session (interruption included).
-        return yield* Effect.acquireUseRelease(
-          Effect.sync(() => slots.acquire(org, gatewayId, limits.current())),
-          (refusal) =>
-            refusal === undefined
-              ? routeSession(socket, tunnel, { gatewayId, gatewayName, org })
-              : Effect.gen(function* () {
-                if (warnDue(refusal)) {
-                  yield* Effect.logWarning(`Session refused (${refusal}): a session cap is reached; further refusals are counted, not logged`).pipe(
-                    Effect.annotateLogs({ gatewayId, org, sessions: slots.size })
-                  )
-                }
-                yield* Effect.logDebug("Session refused by a session cap").pipe(Effect.annotateLogs({ gatewayId, org, reason: refusal }))
-                yield* refuse(socket, refusal)
-              }),
-          (refusal) => (refusal === undefined ? Effect.sync(() => slots.release(org, gatewayId)) : Effect.void)
-        )
-      }).pipe(
-        Effect.annotateLogs({ sessionId }),
-        // No stack trace: capturing one costs more than the rest of the span, once per session.
-        Effect.withSpan("relay.session", { attributes: { "relay.session_id": sessionId }, captureStackTrace: false }),
-        Effect.onInterrupt(() => Effect.sync(() => socket.destroy()))
-      )
+      }
+    }
 
     // Handshakes in progress, by peer address: the TLS socket Node makes from an accepted socket is
     // not reachable from it, so the two meet by address and port (unique among live connections).
@@ -259,14 +223,26 @@ export const TlsListenerLive = Layer.scopedDiscard(
       // A client's EOF ends only its direction: the gateway may still answer (half-close).
       socket.allowHalfOpen = true
       socket.on("error", () => socket.destroy())
-      const id = nextId++
-      run(session(socket, id))
+      const sessionId = nextId++
+      // The span is made by hand: the session itself runs in plain callbacks (Session.ts).
+      const span = tracer.span("relay.session", parentSpan, Context.empty(), [], clock.unsafeCurrentTimeNanos(), "internal")
+      span.attribute("relay.session_id", sessionId)
+      sessions.run<SessionOutcome>(
+        (onEnd) => startSession(socket, sessionContext, onEnd),
+        (outcome) => {
+          count(outcome)
+          endSpan(span, outcome)
+          const line = logLine(outcome)
+          if (line) background(line.pipe(Effect.annotateLogs({ sessionId }), Effect.withParentSpan(span)))
+        },
+        () => span.end(clock.unsafeCurrentTimeNanos(), Exit.interrupt(FiberId.none))
+      )
     })
 
     const bound = yield* bindListener(front, { label: "TLS", port: config.tlsPort, host: config.listenHost })
     yield* drain.register({
       stopAccepting: Effect.sync(() => front.close()),
-      idle: Effect.ignore(FiberSet.awaitEmpty(sessions))
+      idle: Effect.promise(() => sessions.whenEmpty())
     })
     yield* Effect.logInfo(`TLS server listening on ${displayAddress(config.listenHost, bound.address)} for clients`)
   })

@@ -17,7 +17,7 @@ export interface Tunnel {
 }
 
 export interface TunnelsShape {
-  readonly get: (gatewayId: string) => Effect.Effect<Tunnel | undefined>
+  readonly get: (gatewayId: string) => Tunnel | undefined
   /**
    * Register a tunnel, unless the gateway already has one (that one is returned, nothing changes)
    * or `maxTunnels` gateways are registered already ("full"; 0 = no limit). A gateway that has a
@@ -35,7 +35,7 @@ export class Tunnels extends Context.Tag("relay/Tunnels")<Tunnels, TunnelsShape>
 export const TunnelsLive = Layer.sync(Tunnels, () => {
   const byId = new Map<string, Tunnel>()
   return {
-    get: (id) => Effect.sync(() => byId.get(id)),
+    get: (id) => byId.get(id),
     add: (tunnel, maxTunnels = 0) =>
       Effect.sync(() => {
         const existing = byId.get(tunnel.gatewayId)

@@ -73,64 +73,79 @@ const forward = (from: Duplex, to: Duplex, onChunk: (bytes: number) => void, lan
   from.once("end", () => to.end())
 }
 
-export const pump = (client: Duplex, gateway: Duplex, options: PumpOptions = {}) =>
-  Effect.async<PumpResult>((resume) => {
-    let bytesUp = 0
-    let bytesDown = 0
-    let lastActivity = Date.now()
-    let done = false
-    let idleTimer: NodeJS.Timeout | undefined
-    const lane = options.fairShare?.lane(options.org ?? "")
+/**
+ * Start pumping between `client` and `gateway`; `onEnd` is called once with the outcome, after
+ * both sides are destroyed. The returned function stops the pump early (both sides destroyed,
+ * `onEnd` not called). Plain callbacks: the listener runs this once per session (Session.ts).
+ */
+export const startPump = (
+  client: Duplex,
+  gateway: Duplex,
+  options: PumpOptions,
+  onEnd: (result: PumpResult) => void
+): (() => void) => {
+  let bytesUp = 0
+  let bytesDown = 0
+  let lastActivity = Date.now()
+  let done = false
+  let idleTimer: NodeJS.Timeout | undefined
+  const lane = options.fairShare?.lane(options.org ?? "")
 
-    const stop = () => {
-      done = true
-      if (idleTimer) clearTimeout(idleTimer)
-      lane?.release()
-      client.destroy()
-      gateway.destroy()
-    }
-    const finish = (reason: PumpResult["reason"]) => {
-      if (done) return
-      stop()
-      resume(Effect.succeed({ bytesUp, bytesDown, reason }))
-    }
+  const stop = () => {
+    if (done) return
+    done = true
+    if (idleTimer) clearTimeout(idleTimer)
+    lane?.release()
+    client.destroy()
+    gateway.destroy()
+  }
+  const finish = (reason: PumpResult["reason"]) => {
+    if (done) return
+    stop()
+    onEnd({ bytesUp, bytesDown, reason })
+  }
 
-    forward(client, gateway, (n) => {
-      bytesUp += n
-      lastActivity = Date.now()
-    }, lane) // ends the channel (CHANNEL_EOF) at the client's EOF
-    forward(gateway, client, (n) => {
-      bytesDown += n
-      lastActivity = Date.now()
-    }, lane) // ends the TLS side at the channel's EOF
+  forward(client, gateway, (n) => {
+    bytesUp += n
+    lastActivity = Date.now()
+  }, lane) // ends the channel (CHANNEL_EOF) at the client's EOF
+  forward(gateway, client, (n) => {
+    bytesDown += n
+    lastActivity = Date.now()
+  }, lane) // ends the TLS side at the channel's EOF
 
-    const idleTimeoutMs = options.idleTimeoutMs ?? 0
-    if (idleTimeoutMs > 0) {
-      // One timer per session, re-armed for the remaining time rather than on every chunk.
-      const check = () => {
-        const idleFor = Date.now() - lastActivity
-        if (idleFor >= idleTimeoutMs) return finish("idle-timeout")
-        idleTimer = setTimeout(check, idleTimeoutMs - idleFor)
-        idleTimer.unref()
-      }
-      idleTimer = setTimeout(check, idleTimeoutMs)
+  const idleTimeoutMs = options.idleTimeoutMs ?? 0
+  if (idleTimeoutMs > 0) {
+    // One timer per session, re-armed for the remaining time rather than on every chunk.
+    const check = () => {
+      const idleFor = Date.now() - lastActivity
+      if (idleFor >= idleTimeoutMs) return finish("idle-timeout")
+      idleTimer = setTimeout(check, idleTimeoutMs - idleFor)
       idleTimer.unref()
     }
+    idleTimer = setTimeout(check, idleTimeoutMs)
+    idleTimer.unref()
+  }
 
-    // The session is over once the gateway's side has ended and been written out to the client;
-    // a channel that closes after its EOF is that normal end, not an abort.
-    client.once("finish", () => finish("completed"))
-    client.once("error", () => finish("client-error"))
-    gateway.once("error", () => finish("gateway-error"))
-    client.once("close", () => finish(client.writableFinished ? "completed" : "client-closed"))
-    gateway.once("close", () => {
-      if (!gateway.readableEnded) finish("gateway-closed")
-    })
-    // Either side may be gone before the pump starts (a tunnel that died in the same read that
-    // confirmed the channel): its 'close' has already been emitted, so look at its state.
-    if (gateway.destroyed && !gateway.readableEnded) finish("gateway-closed")
-    else if (client.destroyed) finish("client-closed")
-    return Effect.sync(() => {
-      if (!done) stop()
-    })
+  // The session is over once the gateway's side has ended and been written out to the client;
+  // a channel that closes after its EOF is that normal end, not an abort.
+  client.once("finish", () => finish("completed"))
+  client.once("error", () => finish("client-error"))
+  gateway.once("error", () => finish("gateway-error"))
+  client.once("close", () => finish(client.writableFinished ? "completed" : "client-closed"))
+  gateway.once("close", () => {
+    if (!gateway.readableEnded) finish("gateway-closed")
+  })
+  // Either side may be gone before the pump starts (a tunnel that died in the same read that
+  // confirmed the channel): its 'close' has already been emitted, so look at its state.
+  if (gateway.destroyed && !gateway.readableEnded) finish("gateway-closed")
+  else if (client.destroyed) finish("client-closed")
+  return stop
+}
+
+/** `startPump` as an Effect: succeeds with the outcome; interruption stops the pump. */
+export const pump = (client: Duplex, gateway: Duplex, options: PumpOptions = {}) =>
+  Effect.async<PumpResult>((resume) => {
+    const stop = startPump(client, gateway, options, (result) => resume(Effect.succeed(result)))
+    return Effect.sync(stop)
   })

@@ -1,7 +1,7 @@
 /**
  * Traces reach a loopback OTLP/HTTP collector configured only through OTEL_* variables: `relay
  * dev` (real relay, real gateway traffic) exports its heartbeat, tunnel and session spans, with
- * the session's gateway id and byte counts as attributes.
+ * the session's gateway id and byte counts as attributes, and the heartbeat probe's session.
  */
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
@@ -56,5 +56,7 @@ it("relay dev exports heartbeat, tunnel and session spans over OTLP/HTTP", async
     (s) => s.name === "relay.session" && s.attributes.some((a) => a.key === "relay.bytes_up" && Number(Object.values(a.value)[0]) > 1_000_000)
   )
   expect(session).toBeDefined()
-  expect(session!.attributes.map((a) => a.key)).toEqual(expect.arrayContaining(["relay.gateway_id", "relay.bytes_down", "relay.close_reason"]))
+  expect(session!.attributes.map((a) => a.key)).toEqual(expect.arrayContaining(["relay.gateway_id", "relay.channel_open_ms", "relay.bytes_down", "relay.close_reason"]))
+  // The control plane's reachability probe is a session too, marked as such.
+  expect(received.some((s) => s.name === "relay.session" && s.attributes.some((a) => a.key === "relay.heartbeat_probe"))).toBe(true)
 })
