@@ -39,7 +39,15 @@ export type SessionOutcome =
   | { readonly _tag: "NoIdentity" }
   | { readonly _tag: "HeartbeatProbe" }
   | { readonly _tag: "Refused"; readonly reason: RouteRefusal; readonly route: Route }
-  | { readonly _tag: "Ended"; readonly route: Route; readonly result: PumpResult; readonly channelOpenMs: number }
+  | {
+    readonly _tag: "Ended"
+    readonly route: Route
+    readonly result: PumpResult
+    /** From the channel open to the gateway's confirmation. */
+    readonly channelOpenMs: number
+    /** From the channel open (right after the handshake) to the end. */
+    readonly durationMs: number
+  }
 
 export interface SessionContext {
   readonly findTunnel: (gatewayId: string) => Tunnel | undefined
@@ -150,7 +158,7 @@ export const startSession = (
         idleTimeoutMs: Duration.toMillis(limits.sessionIdleTimeout),
         ...(limits.fairShare ? { fairShare: context.fairShare } : {})
       }, (result) => {
-        if (end()) onEnd({ _tag: "Ended", route, result, channelOpenMs })
+        if (end()) onEnd({ _tag: "Ended", route, result, channelOpenMs, durationMs: performance.now() - openedAt })
       })
     },
     (cause: unknown) => {

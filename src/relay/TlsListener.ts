@@ -16,9 +16,9 @@
  */
 import * as net from "node:net"
 import * as tls from "node:tls"
-import { Context, Duration, Effect, Exit, FiberId, FiberRef, FiberSet, Layer, LogLevel, Stream, type Tracer } from "effect"
+import { Context, Duration, Effect, Exit, FiberId, FiberRef, FiberSet, Layer, LogLevel, Stream } from "effect"
 import { Credentials } from "../Credentials.ts"
-import { heartbeatProbes, sessionBytes, sessionsRefused, tagged, tlsHandshakeFailures } from "../observability/Metrics.ts"
+import { tagged, tlsHandshakeFailures } from "../observability/Metrics.ts"
 import { RelayConfig } from "../RelayConfig.ts"
 import { makeAcceptGate } from "./AcceptGate.ts"
 import { makeFairShare } from "./FairShare.ts"
@@ -26,16 +26,14 @@ import { bindListener, displayAddress } from "./Listener.ts"
 import { defaultRelayLimits, Limits } from "./Limits.ts"
 import { Drain } from "./Drain.ts"
 import { LiveSessions } from "./LiveSessions.ts"
-import { countConnectionRefused, makeWarningThrottle } from "./Refusals.ts"
-import { type Route, type RouteRefusal, type SessionContext, type SessionOutcome, startSession } from "./Session.ts"
+import { countConnectionRefused } from "./Refusals.ts"
+import { type SessionContext, type SessionOutcome, startSession } from "./Session.ts"
+import { makeSessionReport } from "./SessionReport.ts"
 import { SessionSlots } from "./SessionSlots.ts"
 import { Tunnels } from "./Tunnels.ts"
 
 /** The default --tls-handshake-timeout. */
 export const TLS_HANDSHAKE_TIMEOUT_MS = Duration.toMillis(defaultRelayLimits.tlsHandshakeTimeout)
-
-const bytesUp = tagged(sessionBytes, "direction", "client_to_gateway")
-const bytesDown = tagged(sessionBytes, "direction", "gateway_to_client")
 
 /** What a handshake that ran out of time fails with (the code Node's own handshake timeout uses). */
 const handshakeTimeoutError = () =>
@@ -59,7 +57,6 @@ export const TlsListenerLive = Layer.scopedDiscard(
     const debugLogs = LogLevel.lessThanEqual(yield* FiberRef.get(FiberRef.currentMinimumLogLevel), LogLevel.Debug)
     const slots = new SessionSlots()
     const fairShare = makeFairShare()
-    const warnDue = makeWarningThrottle()
     let nextId = 1
 
     const server = tls.createServer({
@@ -90,104 +87,7 @@ export const TlsListenerLive = Layer.scopedDiscard(
     )
 
     const sessionContext: SessionContext = { findTunnel: tunnels.get, slots, limits: limits.current, fairShare }
-
-    /** An outcome's counters: plain updates, no fiber. */
-    const count = (outcome: SessionOutcome) => {
-      switch (outcome._tag) {
-        case "Unauthorized":
-          return tagged(tlsHandshakeFailures, "reason", outcome.reason).unsafeUpdate(1, [])
-        case "NoIdentity":
-          return tagged(sessionsRefused, "reason", "bad_certificate").unsafeUpdate(1, [])
-        case "HeartbeatProbe":
-          return heartbeatProbes.unsafeUpdate(1, [])
-        case "Refused":
-          return tagged(sessionsRefused, "reason", outcome.reason).unsafeUpdate(1, [])
-        case "Ended":
-          bytesUp.unsafeUpdate(outcome.result.bytesUp, [])
-          bytesDown.unsafeUpdate(outcome.result.bytesDown, [])
-      }
-    }
-
-    const endSpan = (span: Tracer.Span, outcome: SessionOutcome) => {
-      switch (outcome._tag) {
-        case "Ended": {
-          const { route, result } = outcome
-          span.attribute("relay.gateway_id", route.gatewayId)
-          span.attribute("relay.org", route.org)
-          span.attribute("relay.channel_open_ms", outcome.channelOpenMs)
-          span.attribute("relay.bytes_up", result.bytesUp)
-          span.attribute("relay.bytes_down", result.bytesDown)
-          span.attribute("relay.close_reason", result.reason)
-          break
-        }
-        case "Refused":
-          span.attribute("relay.gateway_id", outcome.route.gatewayId)
-          span.attribute("relay.refused", outcome.reason)
-          break
-        case "Unauthorized":
-          span.attribute("relay.refused", "unauthorized")
-          break
-        case "NoIdentity":
-          span.attribute("relay.refused", "bad_certificate")
-          break
-        case "HeartbeatProbe":
-          span.attribute("relay.heartbeat_probe", true)
-      }
-      span.end(clock.unsafeCurrentTimeNanos(), Exit.void)
-    }
-
-    /** An outcome's log line, when one is due at the configured level. */
-    const logLine = (outcome: SessionOutcome): Effect.Effect<void> | undefined => {
-      switch (outcome._tag) {
-        case "Unauthorized":
-          return debugLogs ? Effect.logDebug("TLS client certificate refused").pipe(Effect.annotateLogs({ reason: outcome.reason })) : undefined
-        case "NoIdentity":
-          return debugLogs ? Effect.logDebug("Client certificate without a usable subject, closing") : undefined
-        case "HeartbeatProbe":
-          return debugLogs ? Effect.logDebug("Heartbeat check successful, closing connection.") : undefined
-        case "Refused":
-          return logRefusal(outcome.reason, outcome.route)?.pipe(
-            Effect.annotateLogs({ gatewayId: outcome.route.gatewayId, org: outcome.route.org })
-          )
-        case "Ended": {
-          const { route, result } = outcome
-          return debugLogs
-            ? Effect.logDebug("Session closed").pipe(Effect.annotateLogs({
-              gatewayId: route.gatewayId,
-              org: route.org,
-              bytesUp: result.bytesUp,
-              bytesDown: result.bytesDown,
-              reason: result.reason
-            }))
-            : undefined
-        }
-      }
-    }
-
-    const logRefusal = (reason: RouteRefusal, { gatewayId, gatewayName }: Route): Effect.Effect<void> | undefined => {
-      switch (reason) {
-        case "invalid_gateway_name":
-          return Effect.logInfo("Invalid gateway name in client certificate, closing")
-        case "gateway_not_connected":
-          return Effect.logInfo(`Gateway '${gatewayName}' (${gatewayId}) not connected`)
-        case "channel_open_failed":
-          return Effect.logInfo(`Failed to open a channel to gateway '${gatewayName}' (${gatewayId})`)
-        case "max_channels":
-          return warnDue(reason)
-            ? Effect.logWarning(`Gateway '${gatewayName}' (${gatewayId}) is at --max-channels-per-tunnel; further refusals are counted, not logged`)
-            : undefined
-        default: {
-          // A session cap: one warning per cap per minute, and each refusal at debug.
-          const warning = warnDue(reason)
-            ? Effect.logWarning(`Session refused (${reason}): a session cap is reached; further refusals are counted, not logged`).pipe(
-              Effect.annotateLogs({ sessions: slots.size })
-            )
-            : undefined
-          const each = debugLogs ? Effect.logDebug("Session refused by a session cap").pipe(Effect.annotateLogs({ reason })) : undefined
-          return warning && each ? Effect.zipRight(warning, each) : warning ?? each
-        }
-      }
-    }
+    const report = makeSessionReport({ debugLogs, sessionsHeld: () => slots.size, now: () => clock.unsafeCurrentTimeNanos() })
 
     // Handshakes in progress, by peer address: the TLS socket Node makes from an accepted socket is
     // not reachable from it, so the two meet by address and port (unique among live connections).
@@ -230,9 +130,7 @@ export const TlsListenerLive = Layer.scopedDiscard(
       sessions.run<SessionOutcome>(
         (onEnd) => startSession(socket, sessionContext, onEnd),
         (outcome) => {
-          count(outcome)
-          endSpan(span, outcome)
-          const line = logLine(outcome)
+          const line = report(outcome, span)
           if (line) background(line.pipe(Effect.annotateLogs({ sessionId }), Effect.withParentSpan(span)))
         },
         () => span.end(clock.unsafeCurrentTimeNanos(), Exit.interrupt(FiberId.none))
