@@ -25,10 +25,14 @@ import { bulkDown, bulkUp } from "./lib/client.ts"
 import { makeMaterial, type Material } from "./lib/material.ts"
 import {
   bulk,
+  combineBulk,
+  combineRate,
+  combineSerial,
   GiB,
   memory,
   MiB,
   parallelDown,
+  type RateResult,
   serialPings,
   sessionRate,
   type Settings,
@@ -138,49 +142,93 @@ const relayTarget = async (m: Material, relay: Relay, gatewayId: string): Promis
   contexts: await m.clientFor(gatewayId)
 })
 
-/** Throughput, session rate, latency and the 50 ms RTT transfer for one subject. */
-const perf = async (kind: SubjectKind, m: Material, bins: Bins, r: SubjectResults): Promise<void> => {
+/** A subject up for the perf phase: where a client dials it, directly and through the delay proxy. */
+interface PerfSubject {
+  readonly kind: SubjectKind
+  readonly target: Target
+  readonly delayed: Target
+  /** the relay process whose CPU is charged (none for the direct connection) */
+  readonly meter: number | undefined
+}
+
+const setUpPerf = async (kind: SubjectKind, m: Material, bins: Bins, procs: Array<Proc>): Promise<PerfSubject> => {
+  if (kind === "direct") {
+    const gw = await startGateway(m, bins.gateway, { label: "gateway (direct)", connections: 0, listen: true })
+    procs.push(gw.proc)
+    const proxy = await startDelayProxy(gw.directPort!, DELAY_MS)
+    procs.push(proxy.proc)
+    const contexts = await m.clientFor("direct")
+    return {
+      kind,
+      target: { kind: "direct", port: gw.directPort!, contexts },
+      delayed: { kind: "direct", port: proxy.port, contexts },
+      meter: undefined
+    }
+  }
+  const relay = await startRelay(kind, m, bins)
+  procs.push(relay.proc)
+  const gw = await startGateway(m, bins.gateway, { label: `gateway (${kind})`, sshAddr: `127.0.0.1:${relay.sshPort}`, connections: 1 })
+  procs.push(gw.proc)
+  const proxy = await startDelayProxy(relay.sshPort, DELAY_MS)
+  procs.push(proxy.proc)
+  const slow = await startGateway(m, bins.gateway, { label: `delayed gateway (${kind})`, sshAddr: `127.0.0.1:${proxy.port}`, connections: 1 })
+  procs.push(slow.proc)
+  await relay.waitTunnels(2)
+  return {
+    kind,
+    target: await relayTarget(m, relay, gw.ids[0]!),
+    delayed: await relayTarget(m, relay, slow.ids[0]!),
+    meter: relay.proc.pid
+  }
+}
+
+/**
+ * Throughput, session rate, latency and the 50 ms RTT transfer. Every subject is up at once (the
+ * others idle while one is measured) and the repetitions are interleaved: round i measures each
+ * subject once, in an order that alternates between rounds, so a change of load on this shared
+ * machine falls on all subjects instead of on whichever happened to run then.
+ */
+const perf = async (kinds: ReadonlyArray<SubjectKind>, m: Material, bins: Bins, res: Record<SubjectKind, SubjectResults>): Promise<void> => {
   const procs: Array<Proc> = []
   try {
-    let target: Target
-    let delayed: Target
-    let meter: number | undefined
-    if (kind === "direct") {
-      const gw = await startGateway(m, bins.gateway, { label: "gateway (direct)", connections: 0, listen: true })
-      procs.push(gw.proc)
-      const proxy = await startDelayProxy(gw.directPort!, DELAY_MS)
-      procs.push(proxy.proc)
-      const contexts = await m.clientFor("direct")
-      target = { kind: "direct", port: gw.directPort!, contexts }
-      delayed = { kind: "direct", port: proxy.port, contexts }
-    } else {
-      const relay = await startRelay(kind, m, bins)
-      procs.push(relay.proc)
-      meter = relay.proc.pid
-      const gw = await startGateway(m, bins.gateway, { label: `gateway (${kind})`, sshAddr: `127.0.0.1:${relay.sshPort}`, connections: 1 })
-      procs.push(gw.proc)
-      const proxy = await startDelayProxy(relay.sshPort, DELAY_MS)
-      procs.push(proxy.proc)
-      const slow = await startGateway(m, bins.gateway, { label: `delayed gateway (${kind})`, sshAddr: `127.0.0.1:${proxy.port}`, connections: 1 })
-      procs.push(slow.proc)
-      await relay.waitTunnels(2)
-      target = await relayTarget(m, relay, gw.ids[0]!)
-      delayed = await relayTarget(m, relay, slow.ids[0]!)
+    const up: Array<PerfSubject> = []
+    for (const kind of kinds) {
+      try {
+        up.push(await setUpPerf(kind, m, bins, procs))
+        log(`${kind}: up`)
+      } catch (err) {
+        res[kind].errors["setup"] = (err instanceof Error ? err.message : String(err)).split("\n")[0]!
+        log(`${kind}: setup FAILED: ${err instanceof Error ? err.message : String(err)}`)
+      }
     }
-    log(`${kind}: up`)
-    r.down = await step(r, kind, "down", () => bulk("down", target, meter, settings), rate)
-    r.up = await step(r, kind, "up", () => bulk("up", target, meter, settings), rate)
-    r.parallel = await step(r, kind, "parallel", () => parallelDown(target, meter, settings), rate)
-    r.rate = await step(r, kind, "rate", () => sessionRate(target, meter, settings), (x) =>
-      `${x.perSecond.toFixed(0)}/s [${x.samples.map((v) => v.toFixed(0)).join(", ")}]` +
-      (x.cpuMsPerSession === undefined ? "" : `, ${x.cpuMsPerSession.toFixed(2)} CPU ms/session`) +
-      `, p50 ${x.p50.toFixed(1)} ms, p99 ${x.p99.toFixed(1)} ms, ${x.errors} errors`)
-    r.serial = await step(r, kind, "serial", () => serialPings(target, settings), (x) => `p50 ${x.p50.toFixed(2)} ms, p99 ${x.p99.toFixed(2)} ms`)
-    r.delayed = await step(r, kind, "delayed", () =>
-      bulk("down", delayed, meter, settings, { warmBytes: 64 * MiB, minBytes: 128 * MiB, maxBytes: GiB, seconds: settings.seconds * 1.5 }), rate)
-  } catch (err) {
-    r.errors["setup"] = (err instanceof Error ? err.message : String(err)).split("\n")[0]!
-    log(`${kind}: setup FAILED: ${err instanceof Error ? err.message : String(err)}`)
+    const once = { ...settings, reps: 1, serialPings: Math.ceil(settings.serialPings / settings.reps) }
+    const interleaved = async <A>(
+      key: "down" | "up" | "parallel" | "rate" | "serial" | "delayed",
+      measure: (s: PerfSubject) => Promise<A>,
+      combine: (parts: ReadonlyArray<A>) => SubjectResults[typeof key],
+      show: (a: A) => string
+    ) => {
+      const parts = new Map<SubjectKind, Array<A>>(up.map((s) => [s.kind, []]))
+      for (let round = 0; round < settings.reps; round++) {
+        for (const s of round % 2 === 0 ? up : [...up].reverse()) {
+          const r = res[s.kind]
+          if (r.errors[key] !== undefined) continue
+          const a = await step(r, `${s.kind} (${round + 1}/${settings.reps})`, key, () => measure(s), show)
+          if (a !== undefined) parts.get(s.kind)!.push(a)
+        }
+      }
+      for (const s of up) if (res[s.kind].errors[key] === undefined) res[s.kind][key] = combine(parts.get(s.kind)!) as never
+    }
+    const showRate = (x: RateResult) =>
+      `${x.perSecond.toFixed(0)}/s` + (x.cpuMsPerSession === undefined ? "" : `, ${x.cpuMsPerSession.toFixed(2)} CPU ms/session`) +
+      `, p50 ${x.p50.toFixed(1)} ms, p99 ${x.p99.toFixed(1)} ms, ${x.errors} errors`
+    await interleaved("down", (s) => bulk("down", s.target, s.meter, once), combineBulk, rate)
+    await interleaved("up", (s) => bulk("up", s.target, s.meter, once), combineBulk, rate)
+    await interleaved("parallel", (s) => parallelDown(s.target, s.meter, once), combineBulk, rate)
+    await interleaved("rate", (s) => sessionRate(s.target, s.meter, once), combineRate, showRate)
+    await interleaved("serial", (s) => serialPings(s.target, once), combineSerial, (x) => `p50 ${x.p50.toFixed(2)} ms, p99 ${x.p99.toFixed(2)} ms`)
+    await interleaved("delayed", (s) =>
+      bulk("down", s.delayed, s.meter, once, { warmBytes: 64 * MiB, minBytes: 128 * MiB, maxBytes: GiB, seconds: settings.seconds * 1.5 }), combineBulk, rate)
   } finally {
     await Promise.all(procs.reverse().map((p) => p.stop()))
   }
@@ -339,7 +387,7 @@ const main = async (): Promise<number> => {
     profileSessions: undefined as Results["profileSessions"]
   }
   try {
-    if (phases.has("perf")) for (const kind of subjects) await perf(kind, m, bins, res.subjects[kind])
+    if (phases.has("perf")) await perf(subjects, m, bins, res.subjects)
     if (phases.has("memory")) {
       for (const kind of subjects) if (kind !== "direct") await mem(kind, m, bins, res.subjects[kind])
     }

@@ -52,6 +52,29 @@ export interface BulkResult {
   /** relay CPU seconds per GiB moved (undefined without a meter) */
   readonly cpuPerGiB: number | undefined
   readonly bytesPerRep: number
+  /** what the ratio is made of: bytes measured, relay CPU seconds spent on them */
+  readonly bytes: number
+  readonly cpu: number | undefined
+}
+
+const bulkResult = (samples: ReadonlyArray<number>, bytes: number, cpu: number | undefined, bytesPerRep: number): BulkResult => ({
+  mibps: median(samples),
+  samples,
+  cpuPerGiB: cpu === undefined ? undefined : cpu / (bytes / GiB),
+  bytesPerRep,
+  bytes,
+  cpu
+})
+
+/** Repetitions measured apart (interleaved with another subject's) as one result. */
+export const combineBulk = (parts: ReadonlyArray<BulkResult>): BulkResult => {
+  const cpus = parts.map((p) => p.cpu)
+  return bulkResult(
+    parts.flatMap((p) => p.samples),
+    parts.reduce((sum, p) => sum + p.bytes, 0),
+    cpus.every((c) => c !== undefined) ? cpus.reduce((sum, c) => sum + c, 0) : undefined,
+    parts[0]!.bytesPerRep
+  )
 }
 
 /** One session, one direction. */
@@ -70,12 +93,7 @@ export const bulk = async (
   const cpu0 = cpuOf(meter)
   for (let i = 0; i < s.reps; i++) samples.push(mibps(await run(target, size)))
   const cpu = cpuOf(meter) - cpu0
-  return {
-    mibps: median(samples),
-    samples,
-    cpuPerGiB: meter === undefined ? undefined : cpu / ((size * s.reps) / GiB),
-    bytesPerRep: size
-  }
+  return bulkResult(samples, size * s.reps, meter === undefined ? undefined : cpu, size)
 }
 
 /** `sessions` downloads at once through the same gateway; aggregate MiB/s over the wall time. */
@@ -92,12 +110,7 @@ export const parallelDown = async (target: Target, meter: Meter, s: Settings): P
   const cpu0 = cpuOf(meter)
   for (let i = 0; i < s.reps; i++) samples.push(await once(size))
   const cpu = cpuOf(meter) - cpu0
-  return {
-    mibps: median(samples),
-    samples,
-    cpuPerGiB: meter === undefined ? undefined : cpu / ((size * n * s.reps) / GiB),
-    bytesPerRep: size * n
-  }
+  return bulkResult(samples, size * n * s.reps, meter === undefined ? undefined : cpu, size * n)
 }
 
 export interface RateResult {
@@ -110,6 +123,42 @@ export interface RateResult {
   readonly p99: number
   readonly errors: number
   readonly firstError: string | undefined
+  readonly sessions: number
+  readonly cpu: number | undefined
+  readonly latencies: ReadonlyArray<number>
+}
+
+const rateResult = (
+  samples: ReadonlyArray<number>,
+  latencies: ReadonlyArray<number>,
+  sessions: number,
+  cpu: number | undefined,
+  errors: number,
+  firstError: string | undefined
+): RateResult => ({
+  perSecond: median(samples),
+  samples,
+  cpuMsPerSession: cpu === undefined || sessions === 0 ? undefined : (cpu * 1000) / sessions,
+  p50: percentile(latencies, 50),
+  p99: percentile(latencies, 99),
+  errors,
+  firstError,
+  sessions,
+  cpu,
+  latencies
+})
+
+/** Repetitions measured apart (interleaved with another subject's) as one result. */
+export const combineRate = (parts: ReadonlyArray<RateResult>): RateResult => {
+  const cpus = parts.map((p) => p.cpu)
+  return rateResult(
+    parts.flatMap((p) => p.samples),
+    parts.flatMap((p) => p.latencies),
+    parts.reduce((sum, p) => sum + p.sessions, 0),
+    cpus.every((c) => c !== undefined) ? cpus.reduce((sum, c) => sum + c, 0) : undefined,
+    parts.reduce((sum, p) => sum + p.errors, 0),
+    parts.find((p) => p.firstError !== undefined)?.firstError
+  )
 }
 
 /** New backend-style ping sessions with `concurrency` in flight, for `seconds` per repetition. */
@@ -148,23 +197,29 @@ export const sessionRate = async (target: Target, meter: Meter, s: Settings): Pr
     sessions += latencies.length - before
   }
   const cpu = cpuOf(meter) - cpu0
-  return {
-    perSecond: median(samples),
-    samples,
-    cpuMsPerSession: meter === undefined || sessions === 0 ? undefined : (cpu * 1000) / sessions,
-    p50: percentile(latencies, 50),
-    p99: percentile(latencies, 99),
-    errors,
-    firstError
-  }
+  return rateResult(samples, latencies, sessions, meter === undefined ? undefined : cpu, errors, firstError)
 }
 
-/** Ping sessions one after another: latency without queueing. */
-export const serialPings = async (target: Target, s: Settings): Promise<{ p50: number; p99: number }> => {
+export interface SerialResult {
+  readonly p50: number
+  readonly p99: number
+  readonly latencies: ReadonlyArray<number>
+}
+
+const serialResult = (latencies: ReadonlyArray<number>): SerialResult => ({
+  p50: percentile(latencies, 50),
+  p99: percentile(latencies, 99),
+  latencies
+})
+
+export const combineSerial = (parts: ReadonlyArray<SerialResult>): SerialResult => serialResult(parts.flatMap((p) => p.latencies))
+
+/** Ping sessions one after another (`s.serialPings` of them): latency without queueing. */
+export const serialPings = async (target: Target, s: Settings): Promise<SerialResult> => {
   for (let i = 0; i < 10; i++) await pingSession(target)
   const latencies: Array<number> = []
   for (let i = 0; i < s.serialPings; i++) latencies.push(await pingSession(target))
-  return { p50: percentile(latencies, 50), p99: percentile(latencies, 99) }
+  return serialResult(latencies)
 }
 
 export interface MemoryResult {
@@ -234,5 +289,5 @@ export const sshLayer = async (
   const cpu0 = cpuSeconds(server.pid)
   for (let i = 0; i < s.reps; i++) samples.push(await run(size))
   const cpu = cpuSeconds(server.pid) - cpu0
-  return { mibps: median(samples), samples, cpuPerGiB: cpu / ((size * s.reps) / GiB), bytesPerRep: size }
+  return bulkResult(samples, size * s.reps, cpu, size)
 }
