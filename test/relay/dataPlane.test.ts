@@ -46,6 +46,24 @@ describe("data plane against a Go gateway", () => {
     await eventually(() => refused("gateway_not_connected") === before + 2, "two refusals")
   })
 
+  it("a TLS session offered back is never resumed: every connection's client certificate is verified afresh", async () => {
+    const { gatewayId } = await h.connectGateway("resume-gw", "echo")
+    const credentials = await h.clientCredentials(gatewayId)
+    for (const maxVersion of ["TLSv1.2", "TLSv1.3"] as const) {
+      const first = await h.dial(credentials, { maxVersion })
+      // What a client would offer back: its session (1.2), or the last ticket it got (1.3).
+      let session: Buffer | undefined = first.getSession()
+      first.on("session", (ticket: Buffer) => (session = ticket))
+      first.end("x")
+      await readAll(first)
+      expect(session, `${maxVersion}: a session to offer`).toBeInstanceOf(Buffer)
+      const second = await h.dial(credentials, { maxVersion, session: session! })
+      expect(second.isSessionReused(), `${maxVersion}: resumed`).toBe(false)
+      second.end("y")
+      expect((await readAll(second)).toString()).toBe("y")
+    }
+  })
+
   it("33. bytes arrive unchanged both ways (16 MiB through the echo gateway)", async () => {
     const { gatewayId } = await h.connectGateway("echo-gw", "echo")
     const socket = await h.dialRelay(gatewayId)
