@@ -383,7 +383,16 @@ describe("the unit's ExecStart and ExecReload, run as systemd would", () => {
       { mode: 0o755 }
     )
     const inner = /^\/bin\/bash -c '(.*)'$/.exec(execStart)?.[1] ?? execStart
-    return spawn("/bin/bash", ["-c", inner], { env: { PATH: `${dir}:${process.env.PATH ?? ""}` }, stdio: "ignore" })
+    // Its own process group, so that the test can end everything the command line started.
+    return spawn("/bin/bash", ["-c", inner], { env: { PATH: `${dir}:${process.env.PATH ?? ""}` }, stdio: "ignore", detached: true })
+  }
+  /** SIGKILL to the whole group: in upstream's form the relay outlives the bash that was $MAINPID. */
+  const killGroup = (child: ChildProcess) => {
+    try {
+      process.kill(-child.pid!, "SIGKILL")
+    } catch {
+      // already gone
+    }
   }
   const waitForFile = async (file: string, text: string, child: ChildProcess) => {
     const deadline = Date.now() + 10_000
@@ -414,7 +423,7 @@ describe("the unit's ExecStart and ExecReload, run as systemd would", () => {
       mainPid.kill("SIGTERM")
       expect(await new Promise((r) => mainPid.once("exit", (code) => r(code)))).toBe(0)
     } finally {
-      mainPid.kill("SIGKILL")
+      killGroup(mainPid)
       fs.rmSync(dir, { recursive: true, force: true })
     }
   })
@@ -429,7 +438,7 @@ describe("the unit's ExecStart and ExecReload, run as systemd would", () => {
       const signal = await new Promise((r) => mainPid.once("exit", (_code, sig) => r(sig)))
       expect(signal).toBe("SIGHUP")
     } finally {
-      mainPid.kill("SIGKILL")
+      killGroup(mainPid)
       fs.rmSync(dir, { recursive: true, force: true })
     }
   })
