@@ -71,7 +71,7 @@ const settings: Settings = {
   seconds: quick ? 0.6 : 1.5,
   rateSeconds: quick ? 1.5 : 3,
   concurrency: 64,
-  serialPings: quick ? 40 : 150,
+  serialPings: quick ? 40 : 300,
   parallelSessions: 8,
   idleTunnels: quick ? 100 : 500,
   idleSessions: quick ? 200 : 1000
