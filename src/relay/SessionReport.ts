@@ -24,66 +24,38 @@ export interface SessionReportOptions {
 export const makeSessionReport = ({ debugLogs, sessionsHeld, now }: SessionReportOptions) => {
   const warnDue = makeWarningThrottle()
 
-  /** An outcome's counters: plain updates, no fiber. */
-  const count = (outcome: SessionOutcome) => {
+  /** Count the outcome and put it on the span; returns the log line due, if any. */
+  const record = (outcome: SessionOutcome, span: Tracer.Span): Effect.Effect<void> | undefined => {
     switch (outcome._tag) {
       case "Unauthorized":
-        return tagged(tlsHandshakeFailures, "reason", outcome.reason).unsafeUpdate(1, [])
+        tagged(tlsHandshakeFailures, "reason", outcome.reason).unsafeUpdate(1, [])
+        span.attribute("relay.refused", "unauthorized")
+        return debugLogs ? Effect.logDebug("TLS client certificate refused").pipe(Effect.annotateLogs({ reason: outcome.reason })) : undefined
       case "NoIdentity":
-        return tagged(sessionsRefused, "reason", "bad_certificate").unsafeUpdate(1, [])
+        tagged(sessionsRefused, "reason", "bad_certificate").unsafeUpdate(1, [])
+        span.attribute("relay.refused", "bad_certificate")
+        return debugLogs ? Effect.logDebug("Client certificate without a usable subject, closing") : undefined
       case "HeartbeatProbe":
-        return heartbeatProbes.unsafeUpdate(1, [])
-      case "Refused":
-        return tagged(sessionsRefused, "reason", outcome.reason).unsafeUpdate(1, [])
-      case "Ended":
-        bytesUp.unsafeUpdate(outcome.result.bytesUp, [])
-        bytesDown.unsafeUpdate(outcome.result.bytesDown, [])
-    }
-  }
-
-  const endSpan = (span: Tracer.Span, outcome: SessionOutcome) => {
-    switch (outcome._tag) {
+        heartbeatProbes.unsafeUpdate(1, [])
+        span.attribute("relay.heartbeat_probe", true)
+        return debugLogs ? Effect.logDebug("Heartbeat check successful, closing connection.") : undefined
+      case "Refused": {
+        const { reason, route } = outcome
+        tagged(sessionsRefused, "reason", reason).unsafeUpdate(1, [])
+        span.attribute("relay.gateway_id", route.gatewayId)
+        span.attribute("relay.refused", reason)
+        return logRefusal(reason, route)?.pipe(Effect.annotateLogs({ gatewayId: route.gatewayId, org: route.org }))
+      }
       case "Ended": {
         const { route, result } = outcome
+        bytesUp.unsafeUpdate(result.bytesUp, [])
+        bytesDown.unsafeUpdate(result.bytesDown, [])
         span.attribute("relay.gateway_id", route.gatewayId)
         span.attribute("relay.org", route.org)
         span.attribute("relay.channel_open_ms", outcome.channelOpenMs)
         span.attribute("relay.bytes_up", result.bytesUp)
         span.attribute("relay.bytes_down", result.bytesDown)
         span.attribute("relay.close_reason", result.reason)
-        break
-      }
-      case "Refused":
-        span.attribute("relay.gateway_id", outcome.route.gatewayId)
-        span.attribute("relay.refused", outcome.reason)
-        break
-      case "Unauthorized":
-        span.attribute("relay.refused", "unauthorized")
-        break
-      case "NoIdentity":
-        span.attribute("relay.refused", "bad_certificate")
-        break
-      case "HeartbeatProbe":
-        span.attribute("relay.heartbeat_probe", true)
-    }
-    span.end(now(), Exit.void)
-  }
-
-  /** An outcome's log line, when one is due at the configured level. */
-  const logLine = (outcome: SessionOutcome): Effect.Effect<void> | undefined => {
-    switch (outcome._tag) {
-      case "Unauthorized":
-        return debugLogs ? Effect.logDebug("TLS client certificate refused").pipe(Effect.annotateLogs({ reason: outcome.reason })) : undefined
-      case "NoIdentity":
-        return debugLogs ? Effect.logDebug("Client certificate without a usable subject, closing") : undefined
-      case "HeartbeatProbe":
-        return debugLogs ? Effect.logDebug("Heartbeat check successful, closing connection.") : undefined
-      case "Refused":
-        return logRefusal(outcome.reason, outcome.route)?.pipe(
-          Effect.annotateLogs({ gatewayId: outcome.route.gatewayId, org: outcome.route.org })
-        )
-      case "Ended": {
-        const { route, result } = outcome
         return debugLogs
           ? Effect.logDebug("Session closed").pipe(Effect.annotateLogs({
             gatewayId: route.gatewayId,
@@ -124,8 +96,8 @@ export const makeSessionReport = ({ debugLogs, sessionsHeld, now }: SessionRepor
   }
 
   return (outcome: SessionOutcome, span: Tracer.Span): Effect.Effect<void> | undefined => {
-    count(outcome)
-    endSpan(span, outcome)
-    return logLine(outcome)
+    const line = record(outcome, span)
+    span.end(now(), Exit.void)
+    return line
   }
 }
